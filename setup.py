@@ -1,0 +1,60 @@
+"""Install caspl-plugin: CasPL (Cascade Prompt Learning, ECCV 2024) for open_clip and Dassl."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "caspl_plugin" / "__init__.py").read_text()).group(1)
+
+
+def _packages():
+    """The library packages, plus the repository's trainers/ installed as caspl_plugin.trainers."""
+    found = [
+        ".".join(p.relative_to(HERE).parts[:-1])
+        for p in sorted((HERE / "caspl_plugin").rglob("__init__.py"))
+    ]
+    found += [
+        "caspl_plugin.trainers" + "".join("." + part for part in p.relative_to(HERE / "trainers").parts[:-1])
+        for p in sorted((HERE / "trainers").rglob("__init__.py"))
+    ]
+    return found
+
+
+setup(
+    name="caspl-plugin",
+    version=VERSION,
+    description="Cascade Prompt Learning (CasPL) for CLIP: boosting prompts, cascades with CoOp/CoCoOp/IVLP/MaPLe/PromptSRC, and a Dassl plugin",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=_packages(),
+    package_dir={"caspl_plugin.trainers": "trainers"},
+    include_package_data=True,
+    package_data={"caspl_plugin": ["clip/model_configs/*.json", "toy/weights/*", "resources/**/*"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        # the prompt mechanism drives open_clip's towers from outside (VisionTransformer._embeds/_pool
+        # order, batch-first ModuleList resblocks): tested on 3.x, guarded by the equivalence tests
+        "open_clip_torch>=3.0,<4",
+        "yacs>=0.1.8",
+        "pluggy>=1.0",
+        "safetensors>=0.4",
+        "tqdm",
+        "pillow",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "matplotlib"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={
+        "console_scripts": ["caspl=caspl_plugin.cli:main"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
