@@ -1,0 +1,58 @@
+"""The ``caspl`` command. Each subcommand is a module of this package with ``add_arguments(parser)``
+and ``run(args) -> int``; :data:`COMMANDS` maps command names to module names (imported lazily, so
+``caspl --help`` stays fast and a broken optional command never breaks the others)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+#: command name -> (module under caspl_plugin.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "distill": ("distill", "phase 1: learn boosting prompts from a zero-shot teacher on unlabeled images"),
+    "inspect": ("inspect_cmd", "print the metadata of a prompt artifact"),
+    "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
+}
+
+
+class CommandError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from caspl_plugin import __version__
+
+    parser = argparse.ArgumentParser(prog="caspl", description="Cascade Prompt Learning (CasPL) for CLIP.")
+    parser.add_argument("--version", action="version", version=f"caspl-plugin {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except (CommandError, FileNotFoundError, ValueError) as error:
+        print(f"caspl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

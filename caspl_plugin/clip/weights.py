@@ -24,6 +24,8 @@ RANDOM = "random"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 #: Models that are fine with random weights when no file is given.
 PACKAGE_MODELS = ("caspl-tiny-student", "caspl-tiny-teacher")
+#: Package models that ship default weights: name -> zero-argument loader returning a state dict.
+PACKAGE_WEIGHT_LOADERS: dict = {}
 
 
 @dataclass(frozen=True)
