@@ -1,0 +1,14 @@
+"""The one prompt-placement mechanism: prompt groups, their layout, and prompted CLIP encoders.
+
+Every method, the boosting phase and the cascade describe their prompts as :class:`PromptGroup`s
+(or :class:`PromptTokens` computed from parameters) and hand them to :class:`PromptedCLIP`; nothing
+else slices token sequences.
+"""
+from .encoders import PromptedCLIP
+from .group import PromptGroup, PromptSpec, PromptTokens, collect_tokens
+from .layout import ROLES, TEXT_ORDER, VISION_ORDER, Slot, TextInputs, build_text_inputs
+
+__all__ = [
+    "PromptedCLIP", "PromptGroup", "PromptSpec", "PromptTokens", "collect_tokens",
+    "ROLES", "TEXT_ORDER", "VISION_ORDER", "Slot", "TextInputs", "build_text_inputs",
+]

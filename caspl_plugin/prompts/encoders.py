@@ -1,0 +1,228 @@
+"""The prompted encoders: open_clip's text and vision towers, driven block by block.
+
+This module is the only place in the project that slices token sequences. It re-runs open_clip's
+own submodules (embeddings, ``ln_pre``, each residual block, pooling, projection) in their order and
+places prompt tokens between them:
+
+- layer 0: text prompts replace placeholder embeddings before the positional embedding; vision
+  prompts are appended after the positional embedding, before ``ln_pre``;
+- block ``i >= 1``: every prompt whose depth exceeds ``i`` replaces its slice at the block input.
+
+With no prompts both encoders equal ``CLIP.encode_text`` / ``CLIP.encode_image`` (tested).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .group import PromptTokens
+from .layout import Slot, TextInputs, build_text_inputs, in_vision_order
+
+
+def _place(x: Tensor, positions: Tensor, values: Tensor) -> Tensor:
+    """Return ``x`` with ``values`` written at token ``positions`` of every row (autograd-safe).
+
+    ``positions`` is ``[n]`` (same for all rows) or ``[rows, n]``; ``values`` is ``[n, w]`` or
+    ``[rows, n, w]``.
+    """
+    out = x.clone()
+    values = values.to(x.dtype)
+    if positions.dim() == 1:
+        out[:, positions] = values
+    else:
+        rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+        out[rows, positions] = values
+    return out
+
+
+def _check_rows(prompt: PromptTokens, rows: int) -> None:
+    for layer, values in enumerate(prompt.layers):
+        if values.dim() == 3 and values.shape[0] != rows:
+            raise ValueError(
+                f"Prompt {prompt.name!r} layer {layer} has values for {values.shape[0]} sequences, "
+                f"but the batch has {rows}"
+            )
+
+
+class PromptedCLIP(nn.Module):
+    """A frozen open_clip ``CLIP`` whose text and image encoders accept prompt tokens.
+
+    The CLIP weights are never trained here: the module keeps the CLIP in eval mode and without
+    gradients, whatever ``train()`` is called with.
+    """
+
+    def __init__(self, backbone):
+        super().__init__()
+        model = backbone.model
+        self._check_supported(model)
+        self.clip = model.eval().requires_grad_(False)
+        self.backbone_name = backbone.name
+        self.geometry = backbone.describe()
+        self.tokenizer = backbone.tokenizer
+        self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
+
+    @staticmethod
+    def _check_supported(model: nn.Module) -> None:
+        problems = []
+        if not hasattr(model, "token_embedding"):
+            problems.append("the text tower is not open_clip's built-in one (CustomTextCLIP/HF text towers)")
+        visual = getattr(model, "visual", None)
+        if visual is None or not hasattr(visual, "_embeds") or not hasattr(visual, "conv1"):
+            problems.append("the image tower is not open_clip's VisionTransformer")
+        else:
+            if getattr(visual, "attn_pool", None) is not None:
+                problems.append("attention pooling is not supported")
+            if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "final_ln_after_pool", False):
+                problems.append(f"vision pool type {getattr(visual, 'pool_type', None)!r} (only 'tok')")
+            if not isinstance(visual.patch_dropout, nn.Identity):
+                problems.append("patch dropout would drop prompt tokens")
+            if not getattr(visual.transformer, "batch_first", True):
+                problems.append("sequence-first vision transformer")
+        if getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
+            problems.append(f"text pool type {model.text_pool_type!r}")
+        if problems:
+            raise ValueError("Unsupported CLIP for prompt placement: " + "; ".join(problems))
+
+    def train(self, mode: bool = True) -> "PromptedCLIP":
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def text_width(self) -> int:
+        return self.geometry["text_width"]
+
+    @property
+    def vision_width(self) -> int:
+        return self.geometry["vision_width"]
+
+    @property
+    def text_depth(self) -> int:
+        return self.geometry["text_depth"]
+
+    @property
+    def vision_depth(self) -> int:
+        return self.geometry["vision_depth"]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.geometry["embed_dim"]
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.clip.logit_scale.exp()
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    # ---- text -----------------------------------------------------------------------------
+    def text_inputs(
+        self,
+        class_names: Sequence[str],
+        slots: Sequence[Slot] = (),
+        template: str = "{}.",
+        class_position: str = "end",
+    ) -> TextInputs:
+        """Tokenize class prompts with placeholder slots for prompt tokens (CasPL order)."""
+        tok = self.tokenizer
+        return build_text_inputs(
+            tok.encode, tok.sot_token_id, tok.eot_token_id, self.geometry["context_length"],
+            class_names, slots, template, class_position,
+        ).to(self.device)
+
+    @torch.no_grad()
+    def word_embeddings(self, text: str, n: Optional[int] = None) -> Tensor:
+        """Token embeddings of ``text`` (no SOS/EOS), e.g. to initialise context from "a photo of a"."""
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=self.device)
+        if n is not None:
+            if len(ids) < n:
+                raise ValueError(f"{text!r} has {len(ids)} tokens, fewer than the {n} requested")
+            ids = ids[:n]
+        return self.clip.token_embedding(ids).float()
+
+    def encode_text(self, inputs: TextInputs, prompts: Sequence[PromptTokens] = ()) -> Tensor:
+        """Text features ``[rows, embed_dim]`` (not normalised) of ``inputs`` with ``prompts`` placed."""
+        clip = self.clip
+        prompts = [p for p in prompts if p.n > 0]
+        self._check_slots(inputs, prompts)
+        cast_dtype = clip.transformer.get_cast_dtype()
+        ids = inputs.token_ids.to(self.device)
+        x = clip.token_embedding(ids).to(cast_dtype)
+        positions = {name: pos.to(self.device) for name, pos in inputs.positions.items()}
+        for p in prompts:
+            _check_rows(p, x.shape[0])
+        x = self._place_layer(x, 0, prompts, positions)
+        x = x + clip.positional_embedding.to(cast_dtype)
+        attn_mask = clip.attn_mask
+        for i, block in enumerate(clip.transformer.resblocks):
+            if i > 0:
+                x = self._place_layer(x, i, prompts, positions)
+            x = block(x, attn_mask=attn_mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), inputs.eot_index.to(x.device)]
+        projection = clip.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    @staticmethod
+    def _check_slots(inputs: TextInputs, prompts: Sequence[PromptTokens]) -> None:
+        expected = {s.name: (s.role, s.n) for s in inputs.slots}
+        given = {p.name: (p.role, p.n) for p in prompts}
+        if expected != given:
+            raise ValueError(
+                f"Text prompts do not match the tokenized slots: inputs were built for {expected}, "
+                f"prompts given {given}; rebuild the inputs with text_inputs(..., slots=...)"
+            )
+
+    @staticmethod
+    def _place_layer(x: Tensor, layer: int, prompts: Sequence[PromptTokens], positions: dict) -> Tensor:
+        active = [p for p in prompts if p.depth > layer]
+        if not active:
+            return x
+        if all(positions[p.name].dim() == 1 for p in active) and all(p.layers[layer].dim() == 2 for p in active):
+            pos = torch.cat([positions[p.name] for p in active])
+            return _place(x, pos, torch.cat([p.layers[layer] for p in active]))
+        for p in active:
+            x = _place(x, positions[p.name], p.layers[layer])
+        return x
+
+    # ---- vision ---------------------------------------------------------------------------
+    def encode_image(self, images: Tensor, prompts: Sequence[PromptTokens] = ()) -> Tensor:
+        """Image features ``[batch, embed_dim]`` (not normalised) with ``prompts`` appended in vision order."""
+        visual = self.clip.visual
+        prompts = in_vision_order([p for p in prompts if p.n > 0])
+        dtype = visual.conv1.weight.dtype
+        x = visual.conv1(images.to(device=self.device, dtype=dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        batch, base_len = x.shape[0], x.shape[1]
+        for p in prompts:
+            _check_rows(p, batch)
+        layer0 = [p.layers[0].to(x.dtype).expand(batch, -1, -1) for p in prompts]
+        x = visual.ln_pre(torch.cat([x, *layer0], dim=1))
+        positions, start = {}, base_len
+        for p in prompts:
+            positions[p.name] = torch.arange(start, start + p.n, device=x.device)
+            start += p.n
+        for i, block in enumerate(visual.transformer.resblocks):
+            if i > 0:
+                x = self._place_layer(x, i, prompts, positions)
+            x = block(x, attn_mask=None)
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    # ---- both -----------------------------------------------------------------------------
+    def logits(self, image_features: Tensor, text_features: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+        """``scale * cos(image, text)``: ``[B, C]`` for shared text, ``[B, C]`` from ``[B, C, D]`` per-image text."""
+        scale = self.logit_scale if scale is None else scale
+        image = image_features / image_features.norm(dim=-1, keepdim=True)
+        text = text_features / text_features.norm(dim=-1, keepdim=True)
+        if text.dim() == 3:
+            return scale * torch.einsum("bd,bcd->bc", image, text)
+        return scale * image @ text.t()

@@ -1,0 +1,173 @@
+"""Where prompt groups sit in the token sequences (CasPL's token order).
+
+Text:   ``[SOS][adapting][boosting][class tokens . EOS][pad]`` — prompt tokens replace placeholder
+        embeddings before the positional embedding; the EOT feature is read at its true index, which
+        moves right by the number of prompt tokens.
+Vision: ``[CLS][patches][boosting][adapting]`` — appended after the positional embedding, before
+        ``ln_pre`` (prompt tokens get no positional embedding).
+
+With CoOp's ``class_position`` the boosting tokens stay right before the class name:
+``middle`` = ``[SOS][adapting 1st half][boosting][class][adapting 2nd half][. EOS]``,
+``front`` = ``[SOS][boosting][class][adapting][. EOS]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+ROLES = ("adapting", "boosting")
+TEXT_ORDER = ("adapting", "boosting")
+VISION_ORDER = ("boosting", "adapting")
+CLASS_POSITIONS = ("end", "middle", "front")
+
+#: The word whose token fills prompt slots in the tokenized text (any word works: it is replaced).
+PLACEHOLDER = "X"
+
+
+def in_text_order(items: Sequence, role=lambda item: item.role) -> list:
+    """Stable sort by role in text order (adapting before boosting)."""
+    return sorted(items, key=lambda item: TEXT_ORDER.index(role(item)))
+
+
+def in_vision_order(items: Sequence, role=lambda item: item.role) -> list:
+    """Stable sort by role in vision order (boosting before adapting)."""
+    return sorted(items, key=lambda item: VISION_ORDER.index(role(item)))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A named run of prompt tokens of one role in the text sequence."""
+
+    name: str
+    role: str
+    n: int
+
+
+@dataclass
+class TextInputs:
+    """Tokenized class prompts with the positions of every prompt slot.
+
+    ``positions[name]`` is ``[n]`` when the slot sits at the same place in every sequence, else
+    ``[rows, n]``. ``eot_index`` is where the sequence feature is read.
+    """
+
+    class_names: tuple[str, ...]
+    token_ids: Tensor
+    eot_index: Tensor
+    slots: tuple[Slot, ...] = ()
+    positions: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    def to(self, device) -> "TextInputs":
+        return replace(
+            self,
+            token_ids=self.token_ids.to(device),
+            eot_index=self.eot_index.to(device),
+            positions={k: v.to(device) for k, v in self.positions.items()},
+        )
+
+    def repeat(self, times: int) -> "TextInputs":
+        """The same prompts ``times`` over (rows ``r*S + s``), for per-image prompts (CoCoOp)."""
+        return replace(
+            self,
+            class_names=self.class_names * times,
+            token_ids=self.token_ids.repeat(times, 1),
+            eot_index=self.eot_index.repeat(times),
+            positions={k: v if v.dim() == 1 else v.repeat(times, 1) for k, v in self.positions.items()},
+        )
+
+
+def build_text_inputs(
+    encode: Callable[[str], list[int]],
+    sot_id: int,
+    eot_id: int,
+    context_length: int,
+    class_names: Sequence[str],
+    slots: Sequence[Slot] = (),
+    template: str = "{}.",
+    class_position: str = "end",
+) -> TextInputs:
+    """Tokenize ``template.format(class_name)`` with prompt slots in CasPL's order.
+
+    ``encode`` is the tokenizer's BPE encoder (no SOS/EOS). Raises ``ValueError`` naming the class
+    whose prompt does not fit ``context_length``.
+    """
+    if "{}" not in template:
+        raise ValueError(f"Template {template!r} must contain '{{}}' where the class name goes")
+    if class_position not in CLASS_POSITIONS:
+        raise ValueError(f"class_position must be one of {CLASS_POSITIONS}, got {class_position!r}")
+    slots = [s for s in slots if s.n > 0]
+    names = [s.name for s in slots]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Duplicate prompt slot names: {names}")
+    ordered = in_text_order(slots)
+    adapting = [s for s in ordered if s.role == "adapting"]
+    boosting = [s for s in ordered if s.role == "boosting"]
+    if class_position != "end":
+        if template != "{}.":
+            raise ValueError(f"class_position={class_position!r} needs the template '{{}}.', got {template!r}")
+        if len(adapting) > 1:
+            raise ValueError(f"class_position={class_position!r} supports one adapting group, got {len(adapting)}")
+    placeholder = encode(PLACEHOLDER)
+    if len(placeholder) != 1:
+        raise ValueError(f"The placeholder {PLACEHOLDER!r} must encode to one token, got {placeholder}")
+    x_id = placeholder[0]
+
+    rows_ids, rows_eot, rows_pos = [], [], {s.name: [] for s in slots}
+    for class_name in class_names:
+        head, tail = template.split("{}", 1)
+        pieces: list = []  # ("slot", Slot, start, stop) or ("text", str)
+        if class_position == "end":
+            pieces += [("slot", s, 0, s.n) for s in ordered]
+            pieces.append(("text", template.format(class_name)))
+        elif class_position == "middle":
+            (a,) = adapting or (Slot("", "adapting", 0),)
+            half = a.n // 2
+            pieces += [("slot", a, 0, half)] if a.n else []
+            pieces += [("slot", s, 0, s.n) for s in boosting]
+            pieces += [("text", class_name)]
+            pieces += [("slot", a, half, a.n)] if a.n else []
+            pieces += [("text", tail)]
+        else:  # front
+            pieces += [("slot", s, 0, s.n) for s in boosting]
+            pieces += [("text", class_name)]
+            pieces += [("slot", s, 0, s.n) for s in adapting]
+            pieces += [("text", tail)]
+        ids, pos = [sot_id], {s.name: [None] * s.n for s in slots}
+        for piece in pieces:
+            if piece[0] == "slot":
+                _, slot, start, stop = piece
+                pos[slot.name][start:stop] = range(len(ids), len(ids) + stop - start)
+                ids += [x_id] * (stop - start)
+            elif piece[1].strip():
+                ids += encode(piece[1])
+        ids.append(eot_id)
+        if len(ids) > context_length:
+            raise ValueError(
+                f"Class name {class_name!r} does not fit: its prompt needs {len(ids)} tokens "
+                f"({sum(s.n for s in slots)} prompt tokens + the text {template.format(class_name)!r}) "
+                f"but the context length is {context_length}"
+            )
+        rows_eot.append(len(ids) - 1)
+        rows_ids.append(ids + [0] * (context_length - len(ids)))
+        for name, p in pos.items():
+            rows_pos[name].append(p)
+
+    positions = {}
+    for name, per_row in rows_pos.items():
+        tensor = torch.tensor(per_row, dtype=torch.long).reshape(len(class_names), -1)
+        same_everywhere = len(per_row) > 0 and bool((tensor == tensor[:1]).all())
+        positions[name] = tensor[0] if same_everywhere else tensor
+    return TextInputs(
+        class_names=tuple(class_names),
+        token_ids=torch.tensor(rows_ids, dtype=torch.long).reshape(len(class_names), context_length),
+        eot_index=torch.tensor(rows_eot, dtype=torch.long),
+        slots=tuple(slots),
+        positions=positions,
+    )
