@@ -1,0 +1,105 @@
+"""Unlabeled images of a domain (any folder tree) and class-name files, for the boosting phase.
+
+Unreadable or corrupt images never stop training: they are skipped, counted and reported.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursive, sorted); a clear error if there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"No images in {root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """One class name per line (blank lines and ``#`` comments ignored); no duplicates allowed.
+
+    A line ``<folder> <name words...>`` in CoOp's ``classnames.txt`` style is *not* split: each
+    line is one name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Class-names file not found: {path}")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"Class-names file {path} is empty: expected one class name per line")
+    seen, dupes = set(), []
+    for n in names:
+        key = n.replace("_", " ").lower()
+        if key in seen:
+            dupes.append(n)
+        seen.add(key)
+    if dupes:
+        raise ValueError(f"Class-names file {path} has duplicate class name(s): {sorted(set(dupes))}")
+    return names
+
+
+class UnlabeledImages(Dataset):
+    """Images of a folder tree, transformed; a failed read yields ``None`` (see :func:`collate_skipping`)."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable):
+        self.files, self.transform = list(files), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB")), str(path)
+        except Exception as error:  # any unreadable file is skipped, never fatal
+            logger.debug("Skipping unreadable image %s: %s", path, error)
+            return None, str(path)
+
+
+def collate_skipping(samples) -> tuple[Optional[Tensor], list[str], list[str]]:
+    """Batch the readable images; return ``(images or None, paths, skipped_paths)``."""
+    good = [(img, path) for img, path in samples if img is not None]
+    skipped = [path for img, path in samples if img is None]
+    images = torch.stack([img for img, _ in good]) if good else None
+    return images, [path for _, path in good], skipped
+
+
+def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], scale=(0.08, 1.0)):
+    """CoOp/Dassl training augmentation: RandomResizedCrop (bicubic) + horizontal flip + CLIP normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]):
+    """Resize (bicubic) + center crop + CLIP normalisation, as Dassl's test transform."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(image_size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])

@@ -1,0 +1,62 @@
+"""Training pieces shared by every loop (the ``caspl`` CLI, the demo and the Dassl trainers).
+
+An *objective* is any module with ``loss(images, labels) -> (loss, metrics)``: a method model
+(phase 2) or a :class:`~caspl_plugin.boosting.BoostingDistiller` (phase 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS = ("fp32", "amp")
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """Mixed precision by autocast (weights stay fp32): fp16 on CUDA, bf16 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16)
+
+
+def training_step(objective: nn.Module, images: Tensor, labels, optimizer: torch.optim.Optimizer, precision: str = "fp32") -> dict[str, float]:
+    """One optimisation step: loss under autocast, backward, step. Returns the metrics as floats."""
+    device = next(objective.parameters()).device
+    with autocast(device, precision):
+        loss, metrics = objective.loss(images, labels)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"Loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """SGD as in Dassl/CoOp: momentum 0.9, weight decay 5e-4, no Nesterov."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("Nothing to optimise: no parameter requires grad")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
+    """Dassl's cosine schedule with constant warm-up (``WARMUP_RECOUNT=True``), stepped per epoch.
+
+    Epochs ``0 .. warmup_epochs-1`` run at ``warmup_lr``; epoch ``e`` after that at
+    ``base_lr · ½(1 + cos(π (e - warmup_epochs) / max_epoch))``.
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epoch))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
