@@ -1,4 +1,9 @@
 """Engine-agnostic prompt-learning models on open_clip, and the CasPL cascade."""
 from .base import PromptModel, ZeroShotCLIP
+from .cascade import cascade, load_boosting_group
+from .registry import Preset, get_method, get_preset, list_methods, register_method
 
-__all__ = ["PromptModel", "ZeroShotCLIP"]
+__all__ = [
+    "PromptModel", "ZeroShotCLIP", "cascade", "load_boosting_group",
+    "Preset", "get_method", "get_preset", "list_methods", "register_method",
+]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..prompts import PromptedCLIP, PromptGroup, PromptTokens, Slot, TextInputs, collect_tokens
+from .registry import register_method
 
 
 class PromptModel(nn.Module):
@@ -135,13 +136,15 @@ class PromptModel(nn.Module):
         return {k: v.detach() for k, v in self.named_parameters() if id(v) in names}
 
     def settings(self) -> dict:
-        """The method's settings as JSON-serialisable values (recorded in artifacts)."""
+        """Constructor keyword arguments (JSON values) that rebuild this model: recorded in artifacts,
+        so ``type(self)(clip, class_names, **settings)`` gives the same architecture."""
         return {"template": self.template}
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, classes={len(self.class_names)}, boosting={self.boosting is not None}"
 
 
+@register_method
 class ZeroShotCLIP(PromptModel):
     """Zero-shot CLIP with a hand-made template (and, in a cascade, the boosting prompts)."""
 

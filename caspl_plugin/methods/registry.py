@@ -1,0 +1,60 @@
+"""Method registry (timm style): name -> model class, with presets and helpful errors."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_METHODS: dict[str, type] = {}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration of a method: model settings plus training settings.
+
+    ``model`` holds constructor keyword arguments of the method class; ``train`` holds ``lr``,
+    ``epochs``, ``batch_size`` and friends (the same names as :class:`~caspl_plugin.boosting.DistillSettings`),
+    plus method-specific training settings (e.g. PromptSRC's GPA mean/std).
+    """
+
+    name: str
+    description: str
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: register a :class:`~caspl_plugin.methods.PromptModel` under ``cls.method``."""
+    name = cls.method.lower()
+    if name in _METHODS and _METHODS[name] is not cls:
+        raise KeyError(f"Method {cls.method!r} is already registered by {_METHODS[name].__module__}")
+    _METHODS[name] = cls
+    return cls
+
+
+def _ensure_builtin() -> None:
+    from . import builtin  # noqa: F401  (registers the built-in methods)
+
+
+def list_methods() -> list[str]:
+    _ensure_builtin()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type:
+    """The class of method ``name`` (case-insensitive); unknown names get suggestions."""
+    _ensure_builtin()
+    key = name.lower()
+    if key not in _METHODS:
+        close = difflib.get_close_matches(key, list(_METHODS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"Unknown method {name!r}; available: {', '.join(sorted(_METHODS))}.{hint}")
+    return _METHODS[key]
+
+
+def get_preset(method: str, preset: str) -> Preset:
+    cls = get_method(method)
+    presets: dict[str, Preset] = getattr(cls, "presets", {})
+    if preset not in presets:
+        raise KeyError(f"Method {cls.method!r} has no preset {preset!r}; available: {', '.join(presets) or 'none'}")
+    return presets[preset]
