@@ -90,6 +90,9 @@ def test_store_round_trip(tmp_path):
     assert metadata == dict(METADATA, content_sha256=digest)
     assert digest == content_hash(loaded)
     assert os.listdir(path.parent) == ["artifact.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_content_hash_depends_on_bytes_names_and_dtype_not_order():
@@ -109,12 +112,10 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
     save_artifact(path, {"x": torch.ones(2)}, METADATA)
     before = path.read_bytes()
 
-    def fail_midway(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"partial")
+    def fail_midway(fd):  # the temporary file is written but not yet in place
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "save_file", fail_midway)
+    monkeypatch.setattr(store.os, "fsync", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         save_artifact(path, {"x": torch.zeros(2)}, METADATA)
     assert path.read_bytes() == before
@@ -247,7 +248,8 @@ def test_check_compatible_names_every_differing_field(tmp_path, tiny_student, ti
 
 
 def test_check_compatible_ignores_encoders_without_prompts(tiny_student, tiny_teacher):
-    text_only = BoostingArtifact.from_group_tensors(torch.randn(2, 4, 64), None, student=dict(tiny_student, vision_width=96))
+    student = dict(tiny_student, vision_width=96)
+    text_only = BoostingArtifact.from_group_tensors(torch.randn(2, 4, 64), None, student=student)
     text_only.check_compatible(tiny_student)
     with pytest.raises(ArtifactMismatchError, match="^(?!.*vision).*text_width: artifact 64 vs student 96"):
         text_only.check_compatible(tiny_teacher)

@@ -18,7 +18,7 @@ from typing import Any, Collection, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 __all__ = ["ArtifactError", "METADATA_KEY", "content_hash", "load_artifact", "save_artifact"]
 
@@ -63,7 +63,9 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], 
     seen: set[int] = set()
     for name, tensor in tensors.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise ArtifactError(f"{path}: tensors must map names to torch.Tensor, got {name!r}: {type(tensor).__name__}")
+            raise ArtifactError(
+                f"{path}: tensors must map names to torch.Tensor, got {name!r}: {type(tensor).__name__}"
+            )
         tensor = tensor.detach().to("cpu").contiguous()
         if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
             tensor = tensor.clone()  # safetensors refuses tensors that share memory
@@ -78,8 +80,12 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    data = save(prepared, metadata=header)
     try:
-        save_file(prepared, temporary, metadata=header)
+        with open(temporary, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

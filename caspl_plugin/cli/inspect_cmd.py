@@ -31,7 +31,8 @@ def _lines(metadata: dict, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 def format_report(path: str, tensors: dict[str, Any], metadata: dict, hash_ok: bool) -> str:
     rows = list(_lines({key: value for key, value in metadata.items() if key != "content_sha256"}))
-    rows += [(f"tensor.{name}", f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}") for name, t in sorted(tensors.items())]
+    for name, tensor in sorted(tensors.items()):
+        rows.append((f"tensor.{name}", f"{list(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"))
     rows.append(("content_sha256", f"{metadata.get('content_sha256')} ({'ok' if hash_ok else 'MISMATCH'})"))
     width = max(len(key) for key, _ in rows)
     return "\n".join([path] + [f"  {key.ljust(width)} : {text}" for key, text in rows])
@@ -42,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     tensors, metadata = load_artifact(args.file, verify=False)
     hash_ok = metadata.get("content_sha256") == content_hash(tensors)
-    print(json.dumps(metadata, indent=2, ensure_ascii=False) if args.json else format_report(args.file, tensors, metadata, hash_ok))
+    if args.json:
+        print(json.dumps(metadata, indent=2, ensure_ascii=False))
+    else:
+        print(format_report(args.file, tensors, metadata, hash_ok))
     if not hash_ok:
         raise CommandError(f"{args.file}: content hash MISMATCH: the tensors were modified after the file was written")
     return 0
