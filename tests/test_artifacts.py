@@ -43,12 +43,12 @@ def only_inspect_command(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_student():
+def student_geometry():
     return create_clip("caspl-tiny-student").describe()
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher():
+def teacher_geometry():
     return create_clip("caspl-tiny-teacher").describe()
 
 
@@ -179,8 +179,8 @@ def test_store_errors_for_missing_foreign_and_non_caspl_files(tmp_path):
 # -- boosting artifacts ------------------------------------------------------------------------------
 
 
-def test_boosting_round_trip(tmp_path, tiny_student):
-    artifact = _artifact(tiny_student)
+def test_boosting_round_trip(tmp_path, student_geometry):
+    artifact = _artifact(student_geometry)
     path = tmp_path / "boost.safetensors"
     digest = artifact.save(path)
     loaded = BoostingArtifact.load(path)
@@ -190,24 +190,24 @@ def test_boosting_round_trip(tmp_path, tiny_student):
     meta = loaded.metadata
     assert meta["format"] == "caspl-boosting" and meta["format_version"] == 1
     assert meta["prompts"] == {"n_text": 4, "n_vision": 3, "depth_text": 3, "depth_vision": 3}
-    assert meta["student"] == {k: tiny_student[k] for k in meta["student"]}
+    assert meta["student"] == {k: student_geometry[k] for k in meta["student"]}
     assert meta["num_classes"] == 12 and meta["class_names_sha256"] == class_names_sha256(meta["class_names"])
     assert meta["teacher"] == {"name": "caspl-tiny-teacher", "weights": "random"}
     assert meta["library_version"]
     assert loaded.text.shape == (3, 4, 64) and loaded.vision.shape == (3, 3, 64)
 
 
-def test_boosting_single_encoder_and_fp32_conversion(tmp_path, tiny_student):
+def test_boosting_single_encoder_and_fp32_conversion(tmp_path, student_geometry):
     vision = torch.randn(2, 5, 64).half()
-    artifact = BoostingArtifact.from_group_tensors(torch.zeros(3, 0, 64), vision, student=tiny_student)
+    artifact = BoostingArtifact.from_group_tensors(torch.zeros(3, 0, 64), vision, student=student_geometry)
     assert set(artifact.tensors) == {"vision"} and artifact.n_text == 0 and artifact.depth_text == 0
     assert artifact.vision.dtype == torch.float32 and torch.equal(artifact.vision, vision.float())
     artifact.save(tmp_path / "v.safetensors")
     assert BoostingArtifact.load(tmp_path / "v.safetensors").text is None
 
 
-def test_boosting_load_checks_shapes_against_metadata(tmp_path, tiny_student):
-    artifact = _artifact(tiny_student)
+def test_boosting_load_checks_shapes_against_metadata(tmp_path, student_geometry):
+    artifact = _artifact(student_geometry)
     metadata = dict(artifact.metadata, prompts=dict(artifact.metadata["prompts"], n_text=5))
     path = tmp_path / "inconsistent.safetensors"
     save_artifact(path, artifact.tensors, metadata)  # a valid hash, but shapes disagree with the metadata
@@ -215,29 +215,29 @@ def test_boosting_load_checks_shapes_against_metadata(tmp_path, tiny_student):
         BoostingArtifact.load(path)
 
 
-def test_boosting_load_refuses_other_format_version(tmp_path, tiny_student):
-    artifact = _artifact(tiny_student)
+def test_boosting_load_refuses_other_format_version(tmp_path, student_geometry):
+    artifact = _artifact(student_geometry)
     path = tmp_path / "future.safetensors"
     save_artifact(path, artifact.tensors, dict(artifact.metadata, format_version=2))
     with pytest.raises(ArtifactError, match="format version 2"):
         BoostingArtifact.load(path)
 
 
-def test_check_compatible_passes_for_fitting_students(tiny_student, caplog):
-    _artifact(tiny_student).check_compatible(tiny_student)
-    shallower = _artifact(tiny_student, depth_text=1, depth_vision=2)
-    shallower.check_compatible(tiny_student)
-    renamed = dict(tiny_student, backbone="other-name")
+def test_check_compatible_passes_for_fitting_students(student_geometry, caplog):
+    _artifact(student_geometry).check_compatible(student_geometry)
+    shallower = _artifact(student_geometry, depth_text=1, depth_vision=2)
+    shallower.check_compatible(student_geometry)
+    renamed = dict(student_geometry, backbone="other-name")
     with caplog.at_level(logging.WARNING):
         shallower.check_compatible(renamed)
     assert "learned on caspl-tiny-student" in caplog.text and "other-name" in caplog.text
 
 
-def test_check_compatible_names_every_differing_field(tmp_path, tiny_student, tiny_teacher):
-    artifact = _artifact(tiny_teacher)
+def test_check_compatible_names_every_differing_field(tmp_path, student_geometry, teacher_geometry):
+    artifact = _artifact(teacher_geometry)
     artifact.save(tmp_path / "teacher_sized.safetensors")
     with pytest.raises(ArtifactMismatchError) as error:
-        BoostingArtifact.load(tmp_path / "teacher_sized.safetensors").check_compatible(tiny_student)
+        BoostingArtifact.load(tmp_path / "teacher_sized.safetensors").check_compatible(student_geometry)
     message = str(error.value)
     assert "teacher_sized.safetensors" in message
     assert "text_width: artifact 96 vs student 64" in message
@@ -247,20 +247,20 @@ def test_check_compatible_names_every_differing_field(tmp_path, tiny_student, ti
     assert isinstance(error.value, ValueError)
 
 
-def test_check_compatible_ignores_encoders_without_prompts(tiny_student, tiny_teacher):
-    student = dict(tiny_student, vision_width=96)
+def test_check_compatible_ignores_encoders_without_prompts(student_geometry, teacher_geometry):
+    student = dict(student_geometry, vision_width=96)
     text_only = BoostingArtifact.from_group_tensors(torch.randn(2, 4, 64), None, student=student)
-    text_only.check_compatible(tiny_student)
+    text_only.check_compatible(student_geometry)
     with pytest.raises(ArtifactMismatchError, match="^(?!.*vision).*text_width: artifact 64 vs student 96"):
-        text_only.check_compatible(tiny_teacher)
+        text_only.check_compatible(teacher_geometry)
 
 
 # -- caspl inspect -----------------------------------------------------------------------------------
 
 
-def test_inspect_prints_metadata(tmp_path, tiny_student, capsys):
+def test_inspect_prints_metadata(tmp_path, student_geometry, capsys):
     path = tmp_path / "boost.safetensors"
-    digest = _artifact(tiny_student).save(path)
+    digest = _artifact(student_geometry).save(path)
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     for expected in (
@@ -277,17 +277,17 @@ def test_inspect_prints_metadata(tmp_path, tiny_student, capsys):
     assert "class_11" not in out
 
 
-def test_inspect_json(tmp_path, tiny_student, capsys):
+def test_inspect_json(tmp_path, student_geometry, capsys):
     path = tmp_path / "boost.safetensors"
-    artifact = _artifact(tiny_student)
+    artifact = _artifact(student_geometry)
     artifact.save(path)
     assert main(["inspect", "--json", str(path)]) == 0
     assert json.loads(capsys.readouterr().out) == artifact.metadata
 
 
-def test_inspect_reports_mismatch_and_bad_files(tmp_path, tiny_student, capsys):
+def test_inspect_reports_mismatch_and_bad_files(tmp_path, student_geometry, capsys):
     path = tmp_path / "boost.safetensors"
-    _artifact(tiny_student).save(path)
+    _artifact(student_geometry).save(path)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
