@@ -21,7 +21,8 @@ class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``caspl`` parser; only ``command``'s module is imported to add its arguments."""
     from caspl_plugin import __version__
 
     parser = argparse.ArgumentParser(prog="caspl", description="Cascade Prompt Learning (CasPL) for CLIP.")
@@ -30,14 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(_module=module)
+        if name == command:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_module=module)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
