@@ -67,8 +67,7 @@ class PromptModel(nn.Module):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"Duplicate class names: {dupes}")
         self._class_names = names
-        self._text_inputs = None
-        self._feature_cache = None
+        self.prompts_changed()
 
     def own_groups(self) -> list[PromptGroup]:
         """The method's own (adapting) prompt groups; none for zero-shot CLIP."""
@@ -125,6 +124,24 @@ class PromptModel(nn.Module):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         return loss, {"loss": loss.detach(), "acc": (logits.argmax(-1) == labels).float().mean()}
+
+    def attach_boosting(self, group: PromptGroup, learnable: bool = False) -> None:
+        """Cascade a boosting group into a built model (frozen unless ``learnable``)."""
+        if self.boosting is not None:
+            raise ValueError(f"{type(self).__name__} already has a boosting group")
+        if group.role != "boosting":
+            raise ValueError(f"The boosting group must have role 'boosting', got {group.role!r}")
+        group.set_learnable(learnable)
+        self.boosting = group.to(self.clip.device)
+        self.prompts_changed()
+
+    def prompts_changed(self) -> None:
+        """Forget everything derived from the prompt layout (class prompts, cached features)."""
+        self._text_inputs = None
+        self._feature_cache = None
+
+    def on_epoch_end(self, epoch: int, max_epoch: int) -> None:
+        """Called by every training loop after each epoch (``epoch`` is 0-based)."""
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def learnable_parameters(self) -> list[nn.Parameter]:
