@@ -1,0 +1,38 @@
+"""Dataset readers for the CoOp benchmark layouts and custom image folders.
+
+The pure parts (:mod:`.catalog`, :mod:`.splits`, :mod:`.layouts`) need no Dassl; the Dassl
+``DatasetBase`` readers live in :mod:`.dassl_datasets`, which imports Dassl when used.
+"""
+from .catalog import (
+    DATASETS,
+    EUROSAT_NEW_CNAMES,
+    IMAGENET_TEMPLATES,
+    IMAGENET_TEMPLATES_80,
+    TEMPLATES,
+    DatasetSpec,
+    dataset_spec,
+    read_classnames,
+    template_for,
+)
+from .layouts import Splits, load_benchmark, read_labeled_folder, read_unlabeled_folder
+from .splits import Record, generate_fewshot, read_split, subsample_classes
+
+__all__ = [
+    "DATASETS",
+    "EUROSAT_NEW_CNAMES",
+    "IMAGENET_TEMPLATES",
+    "IMAGENET_TEMPLATES_80",
+    "TEMPLATES",
+    "DatasetSpec",
+    "Record",
+    "Splits",
+    "dataset_spec",
+    "generate_fewshot",
+    "load_benchmark",
+    "read_classnames",
+    "read_labeled_folder",
+    "read_split",
+    "read_unlabeled_folder",
+    "subsample_classes",
+    "template_for",
+]
