@@ -9,3 +9,10 @@ Layers (each imports only the ones above it):
 - :mod:`caspl_plugin.plugin`    pluggy hooks and the Dassl integration (Dassl imported lazily)
 """
 __version__ = "0.1.0"
+
+
+def enable(compat=None):
+    """Plug CasPL into a Dassl project (see :func:`caspl_plugin.plugin.manager.enable`)."""
+    from .plugin.manager import enable as _enable
+
+    return _enable(compat)

@@ -17,15 +17,23 @@ from .registry import get_method
 BoostingSource = Union[str, os.PathLike, BoostingArtifact, PromptGroup, None]
 
 
-def load_boosting_group(source: Union[str, os.PathLike, BoostingArtifact], clip: PromptedCLIP, *, learnable: bool = False) -> PromptGroup:
-    """A boosting :class:`PromptGroup` for ``clip`` from an artifact (path or loaded), checked for fit."""
-    artifact = source if isinstance(source, BoostingArtifact) else BoostingArtifact.load(source)
-    artifact.check_compatible(clip.geometry)
+def boosting_group_from_artifact(artifact: BoostingArtifact, geometry: dict, *, learnable: bool = False) -> PromptGroup:
+    """The artifact's boosting :class:`PromptGroup` for a CLIP of ``geometry`` (checked for fit).
+
+    ``geometry`` has the keys of ``Backbone.describe()`` (widths, depths, backbone name).
+    """
+    artifact.check_compatible(geometry)
     spec = PromptSpec(artifact.n_text, artifact.n_vision, max(artifact.depth_text, 1), max(artifact.depth_vision, 1))
-    group = PromptGroup("boosting", "boosting", spec, clip.text_width, clip.vision_width, learnable=learnable)
+    group = PromptGroup("boosting", "boosting", spec, geometry["text_width"], geometry["vision_width"], learnable=learnable)
     group.load_tensors(artifact.tensors)
     group.artifact_sha256 = artifact.content_sha256
     return group
+
+
+def load_boosting_group(source: Union[str, os.PathLike, BoostingArtifact], clip: PromptedCLIP, *, learnable: bool = False) -> PromptGroup:
+    """A boosting :class:`PromptGroup` for ``clip`` from an artifact (path or loaded), checked for fit."""
+    artifact = source if isinstance(source, BoostingArtifact) else BoostingArtifact.load(source)
+    return boosting_group_from_artifact(artifact, clip.geometry, learnable=learnable)
 
 
 def cascade(

@@ -1,0 +1,6 @@
+"""The plugin layer: pluggy hooks, the plugin manager and the Dassl integration (Dassl is imported
+only by :func:`enable` and the trainers)."""
+from .hookspecs import hookimpl, hookspec
+from .manager import ENTRY_POINT_GROUP, enable, extend_cfg, get_plugin_manager, is_enabled
+
+__all__ = ["hookimpl", "hookspec", "ENTRY_POINT_GROUP", "enable", "extend_cfg", "get_plugin_manager", "is_enabled"]
