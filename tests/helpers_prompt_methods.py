@@ -1,4 +1,6 @@
 """Checks shared by the method tests (CoOp, CoCoOp, IVLP and their cascades)."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -63,9 +65,23 @@ def assert_training_step_keeps_frozen(model, images, labels, lr: float = 0.01) -
     assert all(not torch.equal(learnable[n], p) for n, p in model.named_parameters() if n in learnable)
 
 
-def overfit_losses(model, images, labels, steps: int = 6, lr: float = 0.05) -> list:
+def distinct_images(backbone) -> torch.Tensor:
+    """Four images that a random tiny CLIP tells apart (red, green, blue, dark, plus noise): random
+    noise images give near-identical features, which no prompt can separate."""
+    images = torch.zeros(4, 3, backbone.image_size, backbone.image_size)
+    for i in range(3):
+        images[i, i] = 2.0
+    images[3] = -2.0
+    return images + 0.3 * images_for(backbone, 4)
+
+
+def assert_overfits(model, backbone, lr: float, steps: int = 8) -> None:
+    """A few training steps on four distinct images with four labels bring the loss well below both
+    its start and chance level (ln 4): the prompts learn to discriminate, not just to flatten."""
+    images, labels = distinct_images(backbone), torch.arange(4)
     optimizer = make_optimizer(model.learnable_parameters(), lr)
-    return [training_step(model, images, labels, optimizer)["loss"] for _ in range(steps)]
+    losses = [training_step(model, images, labels, optimizer)["loss"] for _ in range(steps)]
+    assert losses[-1] < 0.75 * min(losses[0], math.log(4)), losses
 
 
 def assert_eval_cache_is_fresh(model, images, labels, monkeypatch) -> None:
