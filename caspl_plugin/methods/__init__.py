@@ -7,3 +7,6 @@ __all__ = [
     "PromptModel", "ZeroShotCLIP", "cascade", "load_boosting_group",
     "Preset", "get_method", "get_preset", "list_methods", "register_method",
 ]
+from .coop import CoOp  # noqa: E402
+from .cocoop import CoCoOp  # noqa: E402
+from .ivlp import IVLP  # noqa: E402
