@@ -50,7 +50,7 @@ def _promptsrc(cfg, node):
     return {
         **_ivlp(cfg, node),
         "text_loss_weight": float(node.TEXT_LOSS_WEIGHT), "image_loss_weight": float(node.IMAGE_LOSS_WEIGHT),
-        "gpa_mean": float(node.GPA_MEAN), "gpa_std": float(node.GPA_STD), "max_epoch": int(cfg.OPTIM.MAX_EPOCH),
+        "gpa_mean": float(node.GPA_MEAN), "gpa_std": float(node.GPA_STD),
         "anchor": cfg.TRAINER.CASPL.ANCHOR,
     }
 

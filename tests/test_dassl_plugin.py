@@ -1,0 +1,218 @@
+"""The Dassl plugin against the real Dassl: enable(), entry points, name clashes, every trainer for an
+epoch on a tiny DTD-layout dataset, checkpoints (save, resume, eval-only) and the CasPL_<X> record."""
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("dassl")
+
+import torch  # noqa: E402
+
+import caspl_plugin  # noqa: E402
+from helpers_dassl import make_dtd, tiny_cfg  # noqa: E402
+
+from caspl_plugin.plugin import manager  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_dtd(tmp_path_factory.mktemp("dassl_data"))
+
+
+@pytest.fixture(scope="module")
+def boosting_dir(data_root, tmp_path_factory):
+    """A BoostDistill run (phase 1) shared by the cascade tests."""
+    from dassl.engine import build_trainer
+
+    out = tmp_path_factory.mktemp("boost")
+    trainer = build_trainer(tiny_cfg(data_root, out, "BoostDistill", "TEST.NO_TEST", True))
+    trainer.train()
+    return out
+
+
+def test_enable_is_idempotent_and_registers_everything():
+    from dassl.config import get_cfg_default
+    from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.engine import TRAINER_REGISTRY
+
+    first = caspl_plugin.enable()
+    second = caspl_plugin.enable()
+    assert second["registered_trainers"] == first["registered_trainers"]
+    names = TRAINER_REGISTRY.registered_names()
+    for trainer in ("BoostDistill", "ZeroshotCLIP", "CoOp", "CoCoOp", "IVLP", "MaPLe", "PromptSRC", "CasPL_PromptSRC", "CasPL_CoOp"):
+        assert trainer in names
+    assert "DescribableTextures" in DATASET_REGISTRY.registered_names()
+    cfg = get_cfg_default()  # the host's own default config has the plugin's keys
+    assert cfg.TRAINER.CASPL.BOOSTING == "" and cfg.TRAINER.PROMPTSRC.GPA_MEAN == 15
+    assert cfg.DATASET.SUBSAMPLE_CLASSES == "all"
+
+
+def _write_plugin(tmp_path, name="caspl_probe_plugin"):
+    """An installed third-party plugin: a module + a dist-info declaring the entry point."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent('''
+        from caspl_plugin.plugin import hookimpl
+        from caspl_plugin.plugin.adapters import ClipAdapter
+
+        class ProbeAdapter(ClipAdapter):
+            name = "probe adapter"
+            def find(self, trainer):
+                return None
+
+        @hookimpl
+        def caspl_clip_adapters():
+            return [ProbeAdapter()]
+
+        @hookimpl
+        def caspl_extend_config(cfg):
+            from yacs.config import CfgNode as CN
+            if "PROBE" not in cfg.TRAINER:
+                cfg.TRAINER.PROBE = CN()
+                cfg.TRAINER.PROBE.ANSWER = 42
+    '''))
+    dist = tmp_path / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[caspl_plugin]\nprobe = {name}\n")
+    return name
+
+
+def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
+    from yacs.config import CfgNode as CN
+
+    name = _write_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manager.get_plugin_manager.cache_clear()
+    try:
+        pm = manager.get_plugin_manager()
+        adapters = [a.name for result in pm.hook.caspl_clip_adapters() for a in result]
+        assert "probe adapter" in adapters and adapters[0] == "probe adapter"  # later plugins first
+        cfg = CN()
+        cfg.TRAINER = CN()
+        cfg.DATASET = CN()
+        cfg.MODEL = CN()
+        cfg.MODEL.BACKBONE = CN()
+        manager.extend_cfg(cfg)
+        assert cfg.TRAINER.PROBE.ANSWER == 42 and "CASPL" in cfg.TRAINER
+    finally:
+        manager.get_plugin_manager.cache_clear()
+        sys.modules.pop(name, None)
+
+
+def test_name_clash_keeps_the_host_trainer_and_dataset(caplog):
+    from dassl.data.datasets import DATASET_REGISTRY, DatasetBase
+    from dassl.engine import TRAINER_REGISTRY, TrainerX
+
+    saved_trainer = TRAINER_REGISTRY._obj_map.pop("IVLP")
+    saved_dataset = DATASET_REGISTRY._obj_map.pop("EuroSAT")
+    try:
+        host_trainer = type("IVLP", (TrainerX,), {"__module__": "host_project.trainers"})
+        host_dataset = type("EuroSAT", (DatasetBase,), {"__module__": "host_project.datasets"})
+        TRAINER_REGISTRY.register(host_trainer)
+        DATASET_REGISTRY.register(host_dataset)
+        with caplog.at_level("INFO", logger="caspl_plugin"):
+            caspl_plugin.enable()
+        assert TRAINER_REGISTRY.get("IVLP") is host_trainer
+        assert DATASET_REGISTRY.get("EuroSAT") is host_dataset
+        assert "'IVLP' is already registered by host_project.trainers; keeping the host's" in caplog.text
+        assert "'EuroSAT' is already registered by host_project.datasets" in caplog.text
+    finally:
+        TRAINER_REGISTRY._obj_map["IVLP"] = saved_trainer
+        DATASET_REGISTRY._obj_map["EuroSAT"] = saved_dataset
+
+
+@pytest.mark.parametrize("trainer_name", ["CoOp", "CoCoOp", "IVLP", "MaPLe", "PromptSRC"])
+def test_method_trainer_epoch_save_resume_eval(trainer_name, data_root, tmp_path):
+    from dassl.engine import build_trainer
+
+    out = tmp_path / "run"
+    trainer = build_trainer(tiny_cfg(data_root, out, trainer_name, "DATASET.NUM_SHOTS", 1, "DATASET.SUBSAMPLE_CLASSES", "base"))
+    before = {k: v.clone() for k, v in trainer._models["prompt_learner"].state_dict().items()}
+    trainer.train()
+    learned = trainer._models["prompt_learner"].state_dict()
+    assert any(not torch.equal(before[k], learned[k]) for k in before)
+    assert (out / "prompt_learner" / "model.pth.tar-1").is_file()
+    size = (out / "prompt_learner" / "model.pth.tar-1").stat().st_size
+    assert size < 2_000_000  # learnable tensors only, not a CLIP
+    accuracy = trainer.test()
+
+    # resume: a longer run in the same OUTPUT_DIR continues from epoch 1
+    resumed = build_trainer(tiny_cfg(data_root, out, trainer_name, "DATASET.NUM_SHOTS", 1, "DATASET.SUBSAMPLE_CLASSES", "base", epochs=2))
+    resumed.before_train()
+    assert resumed.start_epoch == 1
+    for k, v in resumed._models["prompt_learner"].state_dict().items():
+        assert torch.equal(v, learned[k])
+
+    # --eval-only on new classes from the saved epoch
+    evaluator = build_trainer(tiny_cfg(data_root, tmp_path / "eval", trainer_name, "DATASET.NUM_SHOTS", 1, "DATASET.SUBSAMPLE_CLASSES", "new"))
+    evaluator.load_model(str(out), epoch=1)
+    for k, v in evaluator._models["prompt_learner"].state_dict().items():
+        assert torch.equal(v, learned[k])
+    assert 0.0 <= evaluator.test() <= 100.0 and 0.0 <= accuracy <= 100.0
+
+
+def test_zeroshot_trainer_evaluates(data_root, tmp_path):
+    from dassl.engine import build_trainer
+
+    trainer = build_trainer(tiny_cfg(data_root, tmp_path, "ZeroshotCLIP"))
+    assert 0.0 <= trainer.test() <= 100.0
+
+
+def test_boost_distill_writes_the_artifact_and_never_reads_labels(boosting_dir, data_root, tmp_path, monkeypatch):
+    from caspl_plugin.artifacts.boosting import BoostingArtifact
+    from dassl.engine import build_trainer
+
+    artifact = BoostingArtifact.load(boosting_dir / "boosting.safetensors")
+    assert artifact.n_text == 2 and artifact.depth_text == 3
+    assert len(artifact.class_names) == 36  # all classes (transductive protocol)
+    trainer = build_trainer(tiny_cfg(data_root, tmp_path, "BoostDistill", "TEST.NO_TEST", True))
+
+    class Untouchable(dict):
+        def __getitem__(self, key):
+            if key == "label":
+                raise AssertionError("BoostDistill read a label")
+            return super().__getitem__(key)
+
+    batch = Untouchable(img=torch.randn(4, 3, 32, 32), label=torch.zeros(4, dtype=torch.long))
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    assert "loss" in trainer.forward_backward(batch)
+
+
+def test_cascade_trainer_keeps_boosting_frozen_and_records_its_hash(boosting_dir, data_root, tmp_path):
+    from caspl_plugin.artifacts.boosting import ArtifactMismatchError, BoostingArtifact
+    from dassl.engine import build_trainer
+
+    out = tmp_path / "caspl"
+    cfg = tiny_cfg(data_root, out, "CasPL_PromptSRC", "DATASET.NUM_SHOTS", 1, "DATASET.SUBSAMPLE_CLASSES", "base",
+                   "TRAINER.CASPL.BOOSTING", str(boosting_dir))
+    trainer = build_trainer(cfg)
+    group = trainer.boosting_group
+    before = {k: v.clone() for k, v in group.state_dict().items()}
+    in_optimizer = {id(p) for g in trainer.optim.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in group.parameters())
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in group.state_dict().items())
+    assert (out / "caspl_boosting" / "model.pth.tar-1").is_file()
+
+    # reload with a different artifact is refused
+    other = BoostingArtifact.load(boosting_dir / "boosting.safetensors")
+    other.tensors["text"] = other.tensors["text"] + 1.0
+    other.save(tmp_path / "other.safetensors")
+    cfg2 = tiny_cfg(data_root, tmp_path / "eval", "CasPL_PromptSRC", "DATASET.SUBSAMPLE_CLASSES", "new",
+                    "TRAINER.CASPL.BOOSTING", str(tmp_path / "other.safetensors"))
+    with pytest.raises(ArtifactMismatchError, match="trained with boosting artifact"):
+        build_trainer(cfg2).load_model(str(out), epoch=1)
+    cfg3 = tiny_cfg(data_root, tmp_path / "eval2", "CasPL_PromptSRC", "DATASET.SUBSAMPLE_CLASSES", "new",
+                    "TRAINER.CASPL.BOOSTING", str(boosting_dir / "boosting.safetensors"))
+    ok = build_trainer(cfg3)
+    ok.load_model(str(out), epoch=1)
+    assert 0.0 <= ok.test() <= 100.0
+
+
+def test_cascade_trainer_errors(data_root, tmp_path):
+    from dassl.engine import build_trainer
+
+    with pytest.raises(FileNotFoundError, match="TRAINER.CASPL.BOOSTING"):
+        build_trainer(tiny_cfg(data_root, tmp_path, "CasPL_CoOp"))
+    with pytest.raises(FileNotFoundError, match="no boosting artifact"):
+        build_trainer(tiny_cfg(data_root, tmp_path, "CasPL_CoOp", "TRAINER.CASPL.BOOSTING", str(tmp_path / "missing")))
