@@ -167,3 +167,20 @@ def test_errors_name_the_problem(tiny_student):
         PromptTokens("p", "teacher", (torch.zeros(1, 4),))
     with pytest.raises(ValueError, match="n_text"):
         PromptSpec(n_text=-1)
+
+
+def test_token_primitives_place_and_insert():
+    from caspl_plugin.prompts import insert_token_ids, insert_tokens, place_tokens
+
+    x = torch.arange(2 * 6 * 1, dtype=torch.float32).reshape(2, 6, 1)
+    v = torch.tensor([[100.0], [101.0]])
+    assert place_tokens(x, [1, 2], v)[:, :, 0].tolist() == [[0, 100, 101, 3, 4, 5], [6, 100, 101, 9, 10, 11]]
+    assert torch.equal(place_tokens(x.transpose(0, 1), [1, 2], v, seq_first=True), place_tokens(x, [1, 2], v).transpose(0, 1))
+    assert insert_tokens(x, 2, v)[0, :, 0].tolist() == [0, 1, 100, 101, 2, 3]
+    four_d = torch.zeros(3, 2, 6, 1)
+    assert insert_tokens(four_d, 1, v).shape == (3, 2, 6, 1)
+    assert torch.equal(insert_tokens(x.transpose(0, 1), 2, v, seq_first=True), insert_tokens(x, 2, v).transpose(0, 1))
+    ids = torch.tensor([[9, 5, 7, 8, 0, 0], [9, 5, 8, 0, 0, 0]])
+    assert insert_token_ids(ids, 2, 2, fill_id=1).tolist() == [[9, 5, 1, 1, 7, 8], [9, 5, 1, 1, 8, 0]]
+    with pytest.raises(ValueError, match=r"row\(s\) \[0\]"):
+        insert_token_ids(ids, 2, 3, fill_id=1)

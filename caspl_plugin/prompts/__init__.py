@@ -6,9 +6,11 @@ else slices token sequences.
 """
 from .encoders import PromptedCLIP
 from .group import PromptGroup, PromptSpec, PromptTokens, collect_tokens
-from .layout import ROLES, TEXT_ORDER, VISION_ORDER, Slot, TextInputs, build_text_inputs
+from .layout import ROLES, TEXT_ORDER, VISION_ORDER, Slot, TextInputs, build_text_inputs, text_slot_start, vision_slot_start
+from .tokens import insert_token_ids, insert_tokens, place_tokens
 
 __all__ = [
     "PromptedCLIP", "PromptGroup", "PromptSpec", "PromptTokens", "collect_tokens",
     "ROLES", "TEXT_ORDER", "VISION_ORDER", "Slot", "TextInputs", "build_text_inputs",
+    "text_slot_start", "vision_slot_start", "insert_token_ids", "insert_tokens", "place_tokens",
 ]

@@ -1,6 +1,7 @@
 """The prompted encoders: open_clip's text and vision towers, driven block by block.
 
-This module is the only place in the project that slices token sequences. It re-runs open_clip's
+Together with :mod:`caspl_plugin.prompts.tokens` (the slicing primitives) this is the only place
+in the project that touches token sequences. It re-runs open_clip's
 own submodules (embeddings, ``ln_pre``, each residual block, pooling, projection) in their order and
 places prompt tokens between them:
 
@@ -19,22 +20,7 @@ from torch import Tensor, nn
 
 from .group import PromptTokens
 from .layout import Slot, TextInputs, build_text_inputs, in_vision_order
-
-
-def _place(x: Tensor, positions: Tensor, values: Tensor) -> Tensor:
-    """Return ``x`` with ``values`` written at token ``positions`` of every row (autograd-safe).
-
-    ``positions`` is ``[n]`` (same for all rows) or ``[rows, n]``; ``values`` is ``[n, w]`` or
-    ``[rows, n, w]``.
-    """
-    out = x.clone()
-    values = values.to(x.dtype)
-    if positions.dim() == 1:
-        out[:, positions] = values
-    else:
-        rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-        out[rows, positions] = values
-    return out
+from .tokens import place_tokens
 
 
 def _check_rows(prompt: PromptTokens, rows: int) -> None:
@@ -186,9 +172,9 @@ class PromptedCLIP(nn.Module):
             return x
         if all(positions[p.name].dim() == 1 for p in active) and all(p.layers[layer].dim() == 2 for p in active):
             pos = torch.cat([positions[p.name] for p in active])
-            return _place(x, pos, torch.cat([p.layers[layer] for p in active]))
+            return place_tokens(x, pos, torch.cat([p.layers[layer] for p in active]))
         for p in active:
-            x = _place(x, positions[p.name], p.layers[layer])
+            x = place_tokens(x, positions[p.name], p.layers[layer])
         return x
 
     # ---- vision ---------------------------------------------------------------------------

@@ -27,6 +27,16 @@ CLASS_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"
 
 
+def text_slot_start(role: str, n_adapting: int) -> int:
+    """Index of a group's first text token: adapting right after SOS, boosting after the adapting ones."""
+    return 1 if role == "adapting" else 1 + n_adapting
+
+
+def vision_slot_start(role: str, base_length: int, n_boosting: int) -> int:
+    """Index of a group's first vision token: boosting right after the patches, adapting after it."""
+    return base_length if role == "boosting" else base_length + n_boosting
+
+
 def in_text_order(items: Sequence, role=lambda item: item.role) -> list:
     """Stable sort by role in text order (adapting before boosting)."""
     return sorted(items, key=lambda item: TEXT_ORDER.index(role(item)))
