@@ -1,0 +1,825 @@
+"""Result tables from the logs of finished Dassl runs (what ``caspl report`` prints and writes).
+
+A run's accuracy is read the way CoOp's ``parse_test_res.py`` reads it: the last ``* accuracy: X%``
+after the end signal, ``Finish training`` for a training run and ``=> result`` for an eval-only run
+(a log without ``epoch [e/E]`` lines). Dassl never overwrites a log: a second run in the same folder
+writes ``log.txt-YYYY-MM-DD-HH-MM-SS``; the newest log with an accuracy is used.
+
+Runs are found by walking the root for logs and reading the folders between the root and the log
+(:data:`LAYOUTS`); folders above the protocol folder name an *experiment*, kept apart in the tables.
+Accuracies are averaged over seeds (mean ± population std, as ``parse_test_res.py``); base-to-novel
+HM is ``2BN/(B+N)`` of the seed-averaged base and novel accuracies, and of the averages over
+datasets for the Average row.
+
+Flags (suspicious runs; nothing is dropped silently):
+
+- ``unparsed``: the log could not be read, or its folders match none of the layouts;
+- ``unfinished``: no accuracy after the end signal (the reason says where the log stops);
+- ``epoch-1``: the deployed best-val checkpoint is from epoch 1 of several (the last
+  ``model-best.pth.tar`` that Dassl saved or loaded was written during epoch 1, i.e. validation
+  never improved after the first epoch), or a finished training log whose last ``epoch [e/E]``
+  line has ``e == 1 < E``;
+- ``below-zero-shot``: accuracy under the zero-shot accuracy of the same dataset, class split
+  (base / new, else all classes) and backbone (the config name's prefix, e.g. ``vit_b16``), taken
+  from ``ZeroshotCLIP`` runs in the tree or a ``--zeroshot`` CSV;
+- ``missing-seed``: a cell (protocol, split, dataset, shots, trainer, config) whose seeds differ
+  from the union of its trainer/config's seeds, or are fewer than expected. Zero-shot and boosting
+  runs are deterministic / seed-1 by design and are not checked.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+from caspl_plugin.data.catalog import DATASETS
+from caspl_plugin.data.splits import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+#: the folder layouts searched, relative to the root (an experiment prefix may precede each)
+LAYOUTS = (
+    "base2new/{train_base,test_new}/<dataset>/shots_<K>/<trainer>/<cfg>/seed<S>/log.txt",
+    "few_shot/<dataset>/shots_<K>/<trainer>/<cfg>/seed<S>/log.txt",
+    "<dataset>/<trainer>/<cfg>_<K>shots[/...]/seed<S>/log.txt (CoOp few-shot)",
+    "evaluation/<trainer>/<cfg>_<K>shots/<dataset>/seed<S>/log.txt (CoOp cross-dataset test)",
+    "xd/{train,test}/<dataset>/shots_<K>/<trainer>/<cfg>/seed<S>/log.txt",
+    "boosting/<dataset>/<cfg>/seed<S>/log.txt (phase 1)",
+    "ZeroshotCLIP/<cfg>/<dataset>/log.txt (CoOp zero-shot)",
+)
+
+LOG_FILE = re.compile(r"^log\.txt(?:-(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}))?$")
+_SEED_DIR = re.compile(r"^seed_?(\d+)$")
+_SHOTS_DIR = re.compile(r"^shots_(\d+)$")
+_COOP_SHOTS_DIR = re.compile(r"^(.+)_(\d+)shots$")
+_ACCURACY = re.compile(r"\* accuracy: (\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)%")
+_TOTAL = re.compile(r"\* total: ([\d,]+)")
+_CORRECT = re.compile(r"\* correct: ([\d,]+)")
+_EPOCH = re.compile(r"epoch \[(\d+)/(\d+)\]")
+_BEST_SAVED = re.compile(r"saved to \"?\S*model-best\.pth\.tar")
+_BEST_LOADED = re.compile(r"model-best\.pth\.tar\S*\s.*\(epoch ?= ?(\d+)")
+_BACKBONE = re.compile(r"^(rn\d+(?:x\d+)?|vit_[a-z]\d+(?:_\d+)?)")
+END_OF_TRAINING, RESULT = "Finish training", "=> result"
+
+TRANSFER_DATASETS = tuple(s.config for s in DATASETS.values() if not s.test_only and s.config != "imagenet")
+IMAGENET_VARIANTS = tuple(s.config for s in DATASETS.values() if s.test_only)
+_DATASET_ORDER = {spec.config: i for i, spec in enumerate(DATASETS.values())}
+_DATASET_ALIASES = {
+    re.sub(r"[^a-z0-9]", "", alias.lower()): spec.config
+    for spec in DATASETS.values()
+    for alias in (spec.name, spec.config, spec.dataset_dir)
+}
+
+
+def dataset_key(name: str) -> str:
+    """The config stem of a dataset (``OxfordPets``, ``oxford_pets`` -> ``oxford_pets``); unknown names as given."""
+    return _DATASET_ALIASES.get(re.sub(r"[^a-z0-9]", "", name.lower()), name)
+
+
+def backbone_of(cfg: str) -> str:
+    """The backbone a config name starts with (``vit_b16_c2_ep20...`` -> ``vit_b16``), or ``""``."""
+    match = _BACKBONE.match(PurePosixPath(cfg).name.lower()) if cfg else None
+    return match.group(1) if match else ""
+
+
+def is_zero_shot(trainer: str) -> bool:
+    return trainer.lower().startswith("zeroshotclip")
+
+
+# --------------------------------------------------------------------------------------- logs
+
+
+@dataclass
+class LogSummary:
+    """What one Dassl log says about its run."""
+
+    status: str  # "ok" (accuracy found) | "no-test" (finished, no test) | "unfinished"
+    accuracy: Optional[float] = None
+    total: Optional[int] = None
+    correct: Optional[int] = None
+    eval_only: bool = False
+    last_epoch: Optional[int] = None
+    max_epoch: Optional[int] = None
+    best_epoch: Optional[int] = None  # epoch of the deployed best-val checkpoint (TEST.FINAL_MODEL best_val)
+    reason: str = ""
+
+
+def _count(match: re.Match) -> int:
+    return int(match.group(1).replace(",", ""))
+
+
+def parse_log(text: str) -> LogSummary:
+    """Read a Dassl ``log.txt``: final accuracy, epochs trained, best-val epoch, completeness."""
+    finished = result_seen = False
+    final = after_result = None  # (accuracy, total, correct) after "Finish training" / the first "=> result"
+    total = correct = epoch = max_epoch = best_saved = best_loaded = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line == END_OF_TRAINING:
+            finished = True
+        elif line == RESULT:
+            result_seen, total, correct = True, None, None
+        elif (match := _EPOCH.match(line)) is not None:
+            epoch, max_epoch = int(match.group(1)), int(match.group(2))
+        elif (match := _BEST_LOADED.search(line)) is not None:
+            best_loaded = int(match.group(1))
+        elif _BEST_SAVED.search(line):
+            best_saved = epoch
+        elif (match := _TOTAL.match(line)) is not None:
+            total = _count(match)
+        elif (match := _CORRECT.match(line)) is not None:
+            correct = _count(match)
+        elif (match := _ACCURACY.search(line)) is not None:
+            value = (float(match.group(1)), total, correct)
+            final = value if finished else final
+            after_result = value if result_seen else after_result
+    summary = LogSummary("unfinished", last_epoch=epoch, max_epoch=max_epoch,
+                         best_epoch=best_loaded if best_loaded is not None else best_saved)
+    if finished:
+        if final is None:
+            summary.status, summary.reason = "no-test", f"no '* accuracy' line after '{END_OF_TRAINING}'"
+            return summary
+        summary.status, (summary.accuracy, summary.total, summary.correct) = "ok", final
+    elif epoch is not None:
+        summary.reason = f"training stopped at epoch {epoch}/{max_epoch}, no '{END_OF_TRAINING}'"
+    elif after_result is not None:
+        summary.status, summary.eval_only = "ok", True
+        summary.accuracy, summary.total, summary.correct = after_result
+    else:
+        summary.reason = f"no '{END_OF_TRAINING}' and no '{RESULT}' followed by an accuracy"
+    return summary
+
+
+# ------------------------------------------------------------------------------------ layouts
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Where a run sits in the protocol grid."""
+
+    protocol: str  # "base2new" | "few_shot" | "xd" | "boosting" | "zeroshot"
+    split: str  # base2new: "base" | "new"; xd: "train" | "test"; otherwise "all"
+    dataset: str
+    shots: Optional[int]
+    trainer: str
+    cfg: str
+    experiment: str = ""  # folders between the root and the protocol folder
+    seed: Optional[int] = None
+
+    @property
+    def class_split(self) -> str:
+        """The classes the accuracy is measured on: ``base``, ``new`` or ``all``."""
+        return self.split if self.protocol == "base2new" else "all"
+
+
+def _protocol_key(folder: str, rest: Sequence[str]) -> Optional[RunKey]:
+    """The key of a run whose path continues with ``rest`` below the folder ``folder``."""
+    splits = {"base2new": {"train_base": "base", "test_new": "new"}, "xd": {"train": "train", "test": "test"}}
+    if folder in splits and len(rest) >= 5 and rest[0] in splits[folder] and _SHOTS_DIR.match(rest[2]):
+        return RunKey(folder, splits[folder][rest[0]], dataset_key(rest[1]), int(rest[2][6:]), rest[3], "/".join(rest[4:]))
+    if folder == "few_shot" and len(rest) >= 4 and _SHOTS_DIR.match(rest[1]):
+        return RunKey(folder, "all", dataset_key(rest[0]), int(rest[1][6:]), rest[2], "/".join(rest[3:]))
+    if folder == "boosting" and len(rest) >= 2:
+        return RunKey(folder, "all", dataset_key(rest[0]), None, "BoostDistill", "/".join(rest[1:]))
+    return None
+
+
+def match_layout(parts: Sequence[str], root_depth: int = 0) -> Optional[RunKey]:
+    """The :class:`RunKey` of a run folder given as path components (``parts[:root_depth]`` lie above
+    the report root: they may hold the protocol folder but never name an experiment)."""
+
+    def experiment(index: int) -> str:
+        return "/".join(parts[root_depth:index])
+
+    seed = _SEED_DIR.match(parts[-1]) if parts else None
+    if seed is None:
+        if len(parts) >= 3 and is_zero_shot(parts[-3]):
+            return RunKey("zeroshot", "all", dataset_key(parts[-1]), None, parts[-3], parts[-2], experiment(len(parts) - 3))
+        return None
+    body, seed_value = parts[:-1], int(seed.group(1))
+    for index in range(len(body) - 1, -1, -1):  # the protocol folder nearest to the run wins
+        key = _protocol_key(body[index], body[index + 1:])
+        if key is not None:
+            return replace(key, experiment=experiment(index), seed=seed_value)
+    for index in range(len(body) - 1, 1, -1):
+        coop = _COOP_SHOTS_DIR.match(body[index])
+        if coop is None:
+            continue
+        cfg, shots, extra = coop.group(1), int(coop.group(2)), list(body[index + 1:])
+        if body[index - 2] == "evaluation" and extra:  # CoOp's cross-dataset evaluation layout
+            dataset = extra.pop(0)
+            return RunKey("xd", "test", dataset_key(dataset), shots, body[index - 1], "/".join([cfg] + extra),
+                          experiment(index - 2), seed_value)
+        return RunKey("few_shot", "all", dataset_key(body[index - 2]), shots, body[index - 1], "/".join([cfg] + extra),
+                      experiment(index - 2), seed_value)
+    return None
+
+
+# --------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One run folder: its key (``None`` when the layout is unknown) and what its log says."""
+
+    path: str  # the run folder relative to the root, POSIX style
+    key: Optional[RunKey]
+    log: Optional[str] = None  # file name of the log used
+    summary: Optional[LogSummary] = None
+    problem: str = ""  # why the run could not be parsed
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        return "unparsed" if self.problem or self.summary is None else self.summary.status
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.summary.accuracy if self.summary and not self.problem else None
+
+    @property
+    def cell(self) -> str:
+        """The run's folder without its seed folder."""
+        return str(PurePosixPath(self.path).parent) if self.key and self.key.seed is not None else self.path
+
+
+def _newest_first(names: Iterable[str]) -> list[str]:
+    """Dassl's logs of one folder, newest first (``log.txt`` is the first run, timestamped ones later)."""
+    return sorted(names, key=lambda name: LOG_FILE.match(name).group(1) or "", reverse=True)
+
+
+def read_run(directory: Path, log_names: Iterable[str]) -> tuple[Optional[str], Optional[LogSummary], str, str]:
+    """``(log name, summary, problem, note)`` from the newest complete log of a run folder."""
+    readable: list[tuple[str, LogSummary]] = []
+    problems = []
+    for name in _newest_first(log_names):
+        try:
+            text = (directory / name).read_bytes().decode("utf-8", errors="replace")
+        except OSError as error:
+            problems.append(f"cannot read {name}: {error.strerror or error}")
+            continue
+        readable.append((name, parse_log(text)))
+    if not readable:
+        return None, None, "; ".join(problems), ""
+    rank = {"ok": 0, "no-test": 1, "unfinished": 2}
+    chosen = min(readable, key=lambda item: rank[item[1].status])  # min keeps the newest among equals
+    skipped = [name for name, _ in readable[: readable.index(chosen)]]
+    note = f"newer log(s) {', '.join(skipped)} incomplete; used {chosen[0]}" if skipped else ""
+    return chosen[0], chosen[1], "", "; ".join(filter(None, [note] + problems))
+
+
+def discover_runs(root: str | os.PathLike) -> list[Run]:
+    """Every folder under ``root`` that holds a Dassl log, parsed (unknown layouts kept, with the reason)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory (expected the output folder of Dassl runs)")
+    above = root.resolve().parts
+    runs = []
+    for directory, folders, files in os.walk(root):
+        folders.sort()
+        logs = [name for name in files if LOG_FILE.match(name)]
+        if not logs:
+            continue
+        relative = Path(directory).relative_to(root)
+        key = match_layout(above + relative.parts, root_depth=len(above))
+        log, summary, problem, note = read_run(Path(directory), logs)
+        if key is None:
+            problem = "its folders match none of the known layouts (listed by `caspl report --help`)"
+        runs.append(Run(relative.as_posix(), key, log, summary, problem, note))
+    logger.debug("found %d run folders under %s", len(runs), root)
+    return runs
+
+
+# ------------------------------------------------------------------------------------- tables
+
+
+Value = Optional[object]  # str | int | float | None
+
+
+@dataclass
+class Table:
+    """A result table. A column ``x_std`` right after ``x`` is shown as ``x ± x_std``; the CSV keeps both."""
+
+    name: str  # file stem
+    title: str
+    columns: list[str]
+    rows: list[list[Value]]
+    kind: str = ""
+    notes: list[str] = field(default_factory=list)
+    printed: bool = True
+
+    def column(self, name: str) -> list[Value]:
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
+
+    def display(self) -> tuple[list[str], list[list[str]], list[bool]]:
+        """Headers, formatted cells and which columns are numeric, with ``x_std`` merged into ``x``."""
+        merged = [i for i, name in enumerate(self.columns) if not (i and name == self.columns[i - 1] + "_std")]
+        headers = [self.columns[i] for i in merged]
+        cells, numeric = [], [False] * len(merged)
+        for row in self.rows:
+            shown = []
+            for j, i in enumerate(merged):
+                value = row[i]
+                has_std = i + 1 < len(self.columns) and self.columns[i + 1] == self.columns[i] + "_std"
+                numeric[j] = numeric[j] or isinstance(value, (int, float))
+                std = row[i + 1] if has_std else None
+                shown.append(_format(value) + (f" ± {std:.2f}" if std is not None and value is not None else ""))
+            cells.append(shown)
+        return headers, cells, numeric
+
+    def to_text(self) -> str:
+        headers, cells, numeric = self.display()
+        widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
+
+        def line(texts: Sequence[str]) -> str:
+            return "  ".join(t.rjust(w) if n else t.ljust(w) for t, w, n in zip(texts, widths, numeric)).rstrip()
+
+        body = [line(headers), "  ".join("-" * w for w in widths)] + [line(row) for row in cells]
+        return "\n".join([self.title] + body + [f"  note: {note}" for note in self.notes])
+
+    def to_markdown(self) -> str:
+        headers, cells, numeric = self.display()
+        rows = [headers, ["---:" if n else "---" for n in numeric]] + cells
+        body = ["| " + " | ".join(text.replace("|", "\\|") for text in row) + " |" for row in rows]
+        return "\n".join([f"## {self.title}", ""] + body + [""] + [f"*{note}*" for note in self.notes]).rstrip() + "\n"
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        for row in self.rows:
+            writer.writerow(["" if value is None else repr(round(value, 6)) if isinstance(value, float) else value
+                             for value in row])
+        return buffer.getvalue()
+
+
+def _format(value: Value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def harmonic_mean(base: Optional[float], novel: Optional[float]) -> Optional[float]:
+    """``2BN/(B+N)``; ``None`` when either is missing."""
+    if base is None or novel is None:
+        return None
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    std: float
+    seeds: tuple
+
+    @classmethod
+    def of(cls, by_seed: dict) -> Optional["Stats"]:
+        if not by_seed:
+            return None
+        values = list(by_seed.values())
+        return cls(statistics.fmean(values), statistics.pstdev(values), tuple(sorted(by_seed, key=lambda s: (s is None, s))))
+
+
+def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+class Group(NamedTuple):
+    """One table's worth of runs: a trainer and config within a protocol (and experiment)."""
+
+    protocol: str
+    experiment: str
+    trainer: str
+    cfg: str
+    shots: Optional[int]  # None for few-shot (the shots are columns)
+
+    @classmethod
+    def of(cls, key: RunKey) -> "Group":
+        return cls(key.protocol, key.experiment, key.trainer, key.cfg, None if key.protocol == "few_shot" else key.shots)
+
+    def describe(self) -> str:
+        details = ", ".join(filter(None, [self.cfg, f"{self.shots} shots" if self.shots is not None else ""]))
+        return f"{self.trainer} ({details})" + (f" [{self.experiment}]" if self.experiment else "")
+
+
+def short_labels(groups: Sequence[Group]) -> dict[Group, str]:
+    """The shortest distinct label of each group: trainer, then trainer/cfg, then with the experiment."""
+    for fields in (("trainer",), ("trainer", "cfg"), ("experiment", "trainer", "cfg"), Group._fields):
+        labels = {g: "/".join(str(getattr(g, f)) for f in fields if getattr(g, f) not in ("", None)) for g in groups}
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {g: repr(tuple(g)) for g in groups}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+def _dataset_order(dataset: str) -> tuple:
+    return (_DATASET_ORDER.get(dataset, len(_DATASET_ORDER)), dataset)
+
+
+class _Cells:
+    """Seed -> accuracy for every (group, split, dataset, shots) of the runs with an accuracy."""
+
+    def __init__(self, runs: Iterable[Run]):
+        self.values: dict[tuple, dict] = {}
+        for run in runs:
+            if run.accuracy is not None:
+                key = run.key
+                self.values.setdefault((Group.of(key), key.split, key.dataset, key.shots), {})[key.seed] = run.accuracy
+
+    def groups(self, protocol: str) -> list[Group]:
+        return sorted({c[0] for c in self.values if c[0].protocol == protocol}, key=lambda g: tuple(map(str, g)))
+
+    def datasets(self, group: Group) -> list[str]:
+        return sorted({c[2] for c in self.values if c[0] == group}, key=_dataset_order)
+
+    def stats(self, group: Group, split: str, dataset: str, shots: Optional[int] = None) -> Optional[Stats]:
+        return Stats.of(self.values.get((group, split, dataset, group.shots if shots is None else shots), {}))
+
+
+def _partial_note(what: str, used: int, total: int) -> list[str]:
+    return [f"{what}: over {used} of {total} datasets"] if used < total else []
+
+
+def _base2new_means(cells: _Cells, group: Group) -> dict[str, tuple[Optional[float], Optional[float]]]:
+    result = {}
+    for dataset in cells.datasets(group):
+        base, novel = cells.stats(group, "base", dataset), cells.stats(group, "new", dataset)
+        result[dataset] = (base.mean if base else None, novel.mean if novel else None)
+    return result
+
+
+def _average_base2new(means: Iterable[tuple[Optional[float], Optional[float]]]) -> tuple:
+    """Average base and novel over the datasets that have both, HM of the averages, datasets used."""
+    complete = [(b, n) for b, n in means if b is not None and n is not None]
+    base, novel = _mean(b for b, _ in complete), _mean(n for _, n in complete)
+    return base, novel, harmonic_mean(base, novel), len(complete)
+
+
+def base2new_table(cells: _Cells, group: Group) -> Table:
+    rows = []
+    for dataset in cells.datasets(group):
+        base, novel = cells.stats(group, "base", dataset), cells.stats(group, "new", dataset)
+        rows.append([dataset,
+                     base and base.mean, base and base.std, base and len(base.seeds),
+                     novel and novel.mean, novel and novel.std, novel and len(novel.seeds),
+                     harmonic_mean(base and base.mean, novel and novel.mean)])
+    base, novel, hm, used = _average_base2new(_base2new_means(cells, group).values())
+    rows.append(["Average", base, None, None, novel, None, None, hm])
+    return Table(f"base2new_{_slug(group.describe())}", f"Base-to-novel: {group.describe()}",
+                 ["dataset", "base", "base_std", "base_seeds", "novel", "novel_std", "novel_seeds", "hm"],
+                 rows, kind="base2new",
+                 notes=_partial_note("Average (datasets with both base and novel)", used, len(rows) - 1))
+
+
+def base2new_overview(cells: _Cells, groups: Sequence[Group], labels: dict[Group, str]) -> Table:
+    """HM of every trainer side by side."""
+    means = {g: _base2new_means(cells, g) for g in groups}
+    datasets = sorted({d for m in means.values() for d in m}, key=_dataset_order)
+    rows = [[d] + [harmonic_mean(*means[g].get(d, (None, None))) for g in groups] for d in datasets]
+    rows.append(["Average"] + [_average_base2new(means[g].values())[2] for g in groups])
+    return Table("base2new_hm_overview", "Base-to-novel HM by trainer", ["dataset"] + [labels[g] for g in groups], rows)
+
+
+def base2new_delta(cells: _Cells, baseline: Group, candidate: Group, labels: dict[Group, str]) -> Table:
+    """Per-dataset base / novel / HM of ``candidate`` minus ``baseline``."""
+    ours, theirs = _base2new_means(cells, candidate), _base2new_means(cells, baseline)
+    datasets = sorted(set(ours) | set(theirs), key=_dataset_order)
+    shared = [d for d in datasets if None not in ours.get(d, (None,)) + theirs.get(d, (None,))]
+
+    def triple(base, novel):
+        return base, novel, harmonic_mean(base, novel)
+
+    def row(label, a, b):
+        out = [label]
+        for x, y in zip(a, b):
+            out += [x, y, None if x is None or y is None else y - x]
+        return out
+
+    rows = [row(d, triple(*theirs.get(d, (None, None))), triple(*ours.get(d, (None, None)))) for d in datasets]
+    rows.append(row("Average", _average_base2new(theirs[d] for d in shared)[:3],
+                    _average_base2new(ours[d] for d in shared)[:3]))
+    columns = ["dataset"] + [f"{m}_{who}" for m in ("base", "novel", "hm") for who in ("baseline", "candidate", "delta")]
+    title = f"Base-to-novel: {labels[candidate]} (candidate) vs {labels[baseline]} (baseline)"
+    notes = [f"Average over the {len(shared)} datasets both have complete"] if len(shared) < len(datasets) else []
+    name = f"base2new_delta_{_slug(labels[candidate])}_vs_{_slug(labels[baseline])}"
+    return Table(name, title, columns, rows, notes=notes)
+
+
+def comparison_pairs(groups: Sequence[Group], baselines: Sequence[str] = ()) -> list[tuple[Group, Group]]:
+    """``(baseline, candidate)``: each ``CasPL_X`` against ``X``, and every group against ``baselines``."""
+    names = {b.lower() for b in baselines}
+    pairs = [(b, c) for c in groups for b in groups
+             if c.trainer.lower() == f"caspl_{b.trainer.lower()}" and b.shots == c.shots]
+    pairs += [(b, c) for b in groups if b.trainer.lower() in names for c in groups
+              if c != b and (b, c) not in pairs and c.trainer.lower() not in names]
+    return pairs
+
+
+def few_shot_table(cells: _Cells, group: Group) -> Table:
+    shots = sorted({c[3] for c in cells.values if c[0] == group})
+    datasets = cells.datasets(group)
+    columns, rows, notes = ["dataset"], [], []
+    for k in shots:
+        columns += [f"{k}_shots", f"{k}_shots_std"]
+    for dataset in datasets:
+        row = [dataset]
+        for k in shots:
+            stats = cells.stats(group, "all", dataset, k)
+            row += [stats and stats.mean, stats and stats.std]
+        rows.append(row)
+    average = ["Average"]
+    for i, k in enumerate(shots):
+        values = [row[1 + 2 * i] for row in rows if row[1 + 2 * i] is not None]
+        average += [_mean(values), None]
+        notes += _partial_note(f"Average {k}_shots", len(values), len(datasets))
+    rows.append(average)
+    return Table(f"few_shot_{_slug(group.describe())}", f"Few-shot: {group.describe()}", columns, rows,
+                 kind="few_shot", notes=notes)
+
+
+def xd_table(cells: _Cells, group: Group) -> Table:
+    """Source accuracy, each target, and the averages over the transfer datasets and the ImageNet variants."""
+    rows, notes = [], []
+
+    def add(role: str, split: str, dataset: str) -> Optional[float]:
+        stats = cells.stats(group, split, dataset)
+        if stats:
+            rows.append([role, dataset, stats.mean, stats.std, len(stats.seeds)])
+        return stats and stats.mean
+
+    tested = {c[2] for c in cells.values if c[0] == group and c[1] == "test"}
+    for dataset in sorted({c[2] for c in cells.values if c[0] == group and c[1] == "train"}, key=_dataset_order):
+        add("source", "train", dataset)
+    if "imagenet" in tested:
+        add("source (eval-only)", "test", "imagenet")
+    for role, members, label in (("cross-dataset", TRANSFER_DATASETS, "transfer datasets"),
+                                 ("domain-generalisation", IMAGENET_VARIANTS, "ImageNet variants")):
+        means = [add(role, "test", d) for d in members if d in tested]
+        if means:
+            rows.append(["average", f"Average ({role})", _mean(means), None, None])
+            notes += [f"Average ({role}): {len(means)} of {len(members)} {label}"] if len(means) < len(members) else []
+    for dataset in sorted(tested - set(TRANSFER_DATASETS) - set(IMAGENET_VARIANTS) - {"imagenet"}, key=_dataset_order):
+        add("other (not averaged)", "test", dataset)
+    return Table(f"xd_{_slug(group.describe())}", f"Cross-dataset / domain generalisation: {group.describe()}",
+                 ["role", "dataset", "accuracy", "accuracy_std", "seeds"], rows, kind="xd", notes=notes)
+
+
+def run_list_table(name: str, title: str, runs: Sequence[Run]) -> Table:
+    """One row per run (phase-1 boosting and zero-shot runs: informational)."""
+    runs = sorted(runs, key=lambda r: (r.key.experiment, _dataset_order(r.key.dataset), r.key.cfg, r.key.seed or 0))
+    rows = [[r.key.experiment or "-", r.key.dataset, r.key.trainer, r.key.cfg, r.key.seed, r.accuracy, r.status]
+            for r in runs]
+    return Table(name, title, ["experiment", "dataset", "trainer", "cfg", "seed", "accuracy", "status"], rows, kind=name)
+
+
+def runs_table(runs: Sequence[Run]) -> Table:
+    rows = []
+    for run in runs:
+        key, summary = run.key, run.summary
+        rows.append([run.path, key and key.protocol, key and key.split, key and key.dataset, key and key.shots,
+                     key and key.trainer, key and key.cfg, key and key.seed, run.accuracy,
+                     summary and summary.total, summary and summary.best_epoch, summary and summary.last_epoch,
+                     summary and summary.max_epoch, run.status, run.log,
+                     "; ".join(filter(None, [run.problem or (summary.reason if summary else ""), run.note]))])
+    columns = ["path", "protocol", "split", "dataset", "shots", "trainer", "cfg", "seed", "accuracy", "test_total",
+               "best_epoch", "last_epoch", "max_epoch", "status", "log", "detail"]
+    return Table("runs", "All runs", columns, rows, kind="runs", printed=False)
+
+
+# -------------------------------------------------------------------------------------- flags
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: str  # "unparsed" | "unfinished" | "epoch-1" | "below-zero-shot" | "missing-seed"
+    where: str  # run folder (or cell folder for missing seeds), relative to the root
+    detail: str
+
+
+FLAG_KINDS = ("unparsed", "unfinished", "epoch-1", "below-zero-shot", "missing-seed")
+
+
+def _run_flags(run: Run) -> list[Flag]:
+    summary = run.summary
+    if run.status == "unparsed":
+        return [Flag("unparsed", run.path, run.problem)]
+    if run.status == "unfinished" or (run.status == "no-test" and run.key.protocol != "boosting"):
+        return [Flag("unfinished", run.path, f"{run.log}: {summary.reason}")]
+    many = (summary.max_epoch or 0) > 1
+    if summary.best_epoch == 1 and many:
+        return [Flag("epoch-1", run.path, f"best-val checkpoint from epoch 1 of {summary.max_epoch}")]
+    if summary.last_epoch == 1 and many and not summary.eval_only:
+        return [Flag("epoch-1", run.path, f"training stopped after epoch 1 of {summary.max_epoch}")]
+    return []
+
+
+class ZeroShotReference:
+    """Zero-shot accuracy per (dataset, class split, backbone); backbone ``""`` = unknown."""
+
+    def __init__(self):
+        self.values: dict[tuple[str, str, str], list[float]] = {}
+
+    def add(self, dataset: str, split: str, backbone: str, accuracy: float) -> None:
+        self.values.setdefault((dataset_key(dataset), split, backbone), []).append(accuracy)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def lookup(self, dataset: str, split: str, backbone: str) -> Optional[tuple[float, str]]:
+        """``(accuracy, class split)`` of the best-matching reference: same split, else all classes;
+        same backbone, else an unknown one (or the only one when the run's backbone is unknown)."""
+        for wanted in dict.fromkeys((split, "all")):
+            for candidate in dict.fromkeys((backbone, "")):
+                if (dataset, wanted, candidate) in self.values:
+                    return statistics.fmean(self.values[dataset, wanted, candidate]), wanted
+            matches = [k for k in self.values if k[:2] == (dataset, wanted)]
+            if not backbone and len(matches) == 1:
+                return statistics.fmean(self.values[matches[0]]), wanted
+        return None
+
+
+def read_zeroshot_csv(path: str | os.PathLike, reference: Optional[ZeroShotReference] = None) -> ZeroShotReference:
+    """Zero-shot accuracies from a CSV with columns ``dataset,accuracy`` and optional ``split``
+    (``base``, ``new``/``novel`` or ``all``, the default) and ``backbone`` (e.g. ``vit_b16``, or a config name)."""
+    reference = reference if reference is not None else ZeroShotReference()
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        fields = {name.strip().lower(): name for name in reader.fieldnames or ()}
+        if not {"dataset", "accuracy"} <= set(fields):
+            raise ValueError(f"{path}: expected a CSV header with 'dataset' and 'accuracy' columns, got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            def get(name: str) -> str:
+                return (row.get(fields.get(name, ""), "") or "").strip()
+
+            split = {"novel": "new", "": "all"}.get(get("split").lower(), get("split").lower())
+            if split not in ("base", "new", "all"):
+                raise ValueError(f"{path} line {line}: split {get('split')!r} is not one of base, new, all")
+            try:
+                accuracy = float(get("accuracy").rstrip("%"))
+            except ValueError:
+                raise ValueError(f"{path} line {line}: accuracy {get('accuracy')!r} is not a number") from None
+            backbone = get("backbone").lower()
+            reference.add(get("dataset"), split, backbone_of(backbone) or backbone, accuracy)
+    return reference
+
+
+def zero_shot_flags(runs: Sequence[Run], reference: ZeroShotReference) -> list[Flag]:
+    flags = []
+    for run in runs:
+        if run.accuracy is None or is_zero_shot(run.key.trainer):
+            continue
+        found = reference.lookup(run.key.dataset, run.key.class_split, backbone_of(run.key.cfg))
+        if found and run.accuracy < found[0]:
+            detail = f"accuracy {run.accuracy:.2f} < zero-shot {found[0]:.2f} ({run.key.dataset}, {found[1]} classes)"
+            flags.append(Flag("below-zero-shot", run.path, detail))
+    return flags
+
+
+def seed_flags(runs: Sequence[Run], expect_seeds: int) -> list[Flag]:
+    """Cells whose seeds differ from the union over their group, or are fewer than ``expect_seeds``."""
+    cells: dict[str, tuple[Group, set]] = {}
+    for run in runs:
+        key = run.key
+        if run.accuracy is None or key.protocol in ("boosting", "zeroshot") or is_zero_shot(key.trainer):
+            continue
+        cells.setdefault(run.cell, (Group.of(key), set()))[1].add(key.seed)
+    union: dict[Group, set] = {}
+    for group, seeds in cells.values():
+        union.setdefault(group, set()).update(seeds)
+    flags = []
+    for cell, (group, seeds) in sorted(cells.items()):
+        missing = union[group] - seeds
+        if missing or len(seeds) < expect_seeds:
+            detail = f"seeds {_seed_list(seeds)}"
+            detail += f"; missing {_seed_list(missing)} (present in other cells)" if missing else ""
+            detail += f"; expected at least {expect_seeds}" if len(seeds) < expect_seeds else ""
+            flags.append(Flag("missing-seed", cell, detail))
+    return flags
+
+
+def _seed_list(seeds: Iterable) -> str:
+    return ",".join(str(s) for s in sorted(seeds, key=lambda s: (s is None, s)))
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    runs: list[Run]
+    tables: list[Table]
+    flags: list[Flag]
+
+    def summary(self) -> str:
+        by_status = {s: sum(r.status == s for r in self.runs) for s in ("ok", "no-test", "unfinished", "unparsed")}
+        runs = ", ".join(f"{n} {s}" for s, n in by_status.items() if n)
+        kinds = ", ".join(f"{k} {n}" for k in FLAG_KINDS if (n := sum(f.kind == k for f in self.flags)))
+        return f"{len(self.runs)} runs ({runs}); {len(self.flags)} flagged" + (f" ({kinds})" if kinds else "")
+
+
+def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[ZeroShotReference] = None,
+                 baselines: Sequence[str] = ()) -> Report:
+    """Tables (per protocol and trainer, comparisons, all runs, flags) and flags for ``runs``."""
+    runs = sorted(runs, key=lambda r: r.path)
+    parsed = [r for r in runs if r.key is not None]
+    reference = ZeroShotReference()
+    for run in parsed:
+        if is_zero_shot(run.key.trainer) and run.accuracy is not None:
+            reference.add(run.key.dataset, run.key.class_split, backbone_of(run.key.cfg), run.accuracy)
+    for key, values in (zeroshot.values.items() if zeroshot else ()):
+        for value in values:
+            reference.add(*key, value)
+
+    flags = [flag for run in runs for flag in _run_flags(run)]
+    flags += zero_shot_flags(parsed, reference) + seed_flags(parsed, expect_seeds)
+    flags.sort(key=lambda f: (FLAG_KINDS.index(f.kind), f.where))
+
+    cells = _Cells(r for r in parsed if r.key.protocol in ("base2new", "few_shot", "xd"))
+    tables = []
+    groups = cells.groups("base2new")
+    tables += [base2new_table(cells, g) for g in groups]
+    if len(groups) > 1:
+        labels = short_labels(groups)
+        tables.append(base2new_overview(cells, groups, labels))
+        tables += [base2new_delta(cells, b, c, labels) for b, c in comparison_pairs(groups, baselines)]
+    tables += [few_shot_table(cells, g) for g in cells.groups("few_shot")]
+    tables += [xd_table(cells, g) for g in cells.groups("xd")]
+    for protocol, title in (("boosting", "Phase 1 (boosting prompts): the boosting runs' own test accuracy"),
+                            ("zeroshot", "Zero-shot CLIP")):
+        listed = [r for r in parsed if r.key.protocol == protocol]
+        if listed:
+            tables.append(run_list_table(protocol, title, listed))
+    tables.append(runs_table(runs))
+    tables.append(Table("flags", f"Flagged: {len(flags)}", ["kind", "where", "detail"],
+                        [[f.kind, f.where, f.detail] for f in flags], kind="flags"))
+    _make_names_unique(tables)
+    return Report(list(runs), tables, flags)
+
+
+def _make_names_unique(tables: Sequence[Table]) -> None:
+    seen: dict[str, int] = {}
+    for table in tables:
+        seen[table.name] = seen.get(table.name, 0) + 1
+        if seen[table.name] > 1:
+            table.name = f"{table.name}_{seen[table.name]}"
+
+
+def write_tables(report: Report, out_dir: str | os.PathLike) -> list[Path]:
+    """Each table as ``<name>.csv`` and ``<name>.md`` plus all of them in ``report.md`` (atomic writes)."""
+    out_dir = Path(out_dir)
+    written = []
+    for table in report.tables:
+        for suffix, text in ((".csv", table.to_csv()), (".md", table.to_markdown())):
+            atomic_write_text(out_dir / f"{table.name}{suffix}", text)
+            written.append(out_dir / f"{table.name}{suffix}")
+    document = "\n".join(["# Results", "", report.summary(), ""] + [t.to_markdown() for t in report.tables])
+    atomic_write_text(out_dir / "report.md", document)
+    return written + [out_dir / "report.md"]
+
+
+def save_charts(report: Report, out_dir: str | os.PathLike) -> list[Path]:
+    """A grouped base / novel / HM bar chart per base-to-novel table (``<name>.png``).
+    Raises ``ImportError`` when matplotlib is missing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table in (t for t in report.tables if t.kind == "base2new"):
+        datasets = table.column("dataset")
+        series = [("Base", table.column("base")), ("Novel", table.column("novel")), ("HM", table.column("hm"))]
+        figure = Figure(figsize=(max(6.0, 0.8 * len(datasets) + 2), 4.5))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        width = 0.8 / len(series)
+        for offset, (label, values) in enumerate(series):
+            positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(datasets))]
+            axes.bar(positions, [v if v is not None else 0.0 for v in values], width, label=label)
+        axes.set_xticks(range(len(datasets)), datasets, rotation=40, ha="right")
+        axes.set_ylabel("accuracy (%)")
+        axes.set_ylim(0, 112)  # room above 100 for the legend
+        axes.set_yticks(range(0, 101, 20))
+        axes.set_title(table.title, fontsize=10)
+        axes.legend(loc="upper center", ncol=len(series), fontsize=8, frameon=False)
+        figure.tight_layout()
+        path = out_dir / f"{table.name}.png"
+        temporary = out_dir / f".{path.name}.tmp"
+        try:
+            figure.savefig(temporary, format="png", dpi=110)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        written.append(path)
+    return written
