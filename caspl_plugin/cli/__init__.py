@@ -14,6 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("distill", "phase 1: learn boosting prompts from a zero-shot teacher on unlabeled images"),
     "inspect": ("inspect_cmd", "print the metadata of a prompt artifact"),
     "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
+    "configs": ("configs_cmd", "print where the experiment configs and scripts are, or copy them into a project"),
+    "classify": ("classify", "top-k classes of images with a classifier saved after phase 2"),
+    "report": ("report_cmd", "tables (base-to-novel, few-shot, cross-dataset) and flags from finished Dassl runs' logs"),
 }
 
 
