@@ -45,6 +45,7 @@ class PromptedCLIP(nn.Module):
         self._check_supported(model)
         self.clip = model.eval().requires_grad_(False)
         self.backbone_name = backbone.name
+        self.weights_source = str(backbone.weights) if backbone.weights is not None else None
         self.geometry = backbone.describe()
         self.tokenizer = backbone.tokenizer
         self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
