@@ -134,6 +134,7 @@ def test_method_trainer_epoch_save_resume_eval(trainer_name, data_root, tmp_path
     assert (out / "prompt_learner" / "model.pth.tar-1").is_file()
     size = (out / "prompt_learner" / "model.pth.tar-1").stat().st_size
     assert size < 2_000_000  # learnable tensors only, not a CLIP
+    assert (out / "classifier.safetensors").is_file()
     accuracy = trainer.test()
 
     # resume: a longer run in the same OUTPUT_DIR continues from epoch 1

@@ -9,6 +9,7 @@ Dassl loop and the ``caspl`` loops run the same code. Checkpoints hold only the 
 from __future__ import annotations
 
 import logging
+import os.path as osp
 from typing import ClassVar
 
 from dassl.engine import TrainerX
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: the name under which the learnable tensors are registered with Dassl (its checkpoint folder)
 LEARNER = "prompt_learner"
+#: the classifier artifact written into OUTPUT_DIR after training
+CLASSIFIER_FILE = "classifier.safetensors"
 
 
 class LearnableView(nn.Module):
@@ -122,6 +125,15 @@ class PromptTrainer(TrainerX):
     def after_epoch(self):
         self.model.on_epoch_end(self.epoch, self.max_epoch)
         super().after_epoch()
+
+    def after_train(self):
+        """Also save the trained model as a self-contained classifier (``caspl classify --model``)."""
+        from caspl_plugin.inference import save_classifier
+
+        path = osp.join(self.output_dir, CLASSIFIER_FILE)
+        save_classifier(path, self.model, extra={"dataset": self.cfg.DATASET.NAME, "trainer": self.cfg.TRAINER.NAME})
+        print(f"Classifier saved to {path}")
+        super().after_train()
 
 
 def method_trainer(class_name: str, method: str, cfg_node: str, kwargs_from_cfg) -> type:
