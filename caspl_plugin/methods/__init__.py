@@ -10,3 +10,4 @@ __all__ = [
 from .coop import CoOp  # noqa: E402
 from .cocoop import CoCoOp  # noqa: E402
 from .ivlp import IVLP  # noqa: E402
+from .maple import MaPLe  # noqa: E402
