@@ -11,3 +11,4 @@ from .coop import CoOp  # noqa: E402
 from .cocoop import CoCoOp  # noqa: E402
 from .ivlp import IVLP  # noqa: E402
 from .maple import MaPLe  # noqa: E402
+from .promptsrc import GaussianPromptAggregation, PromptSRC  # noqa: E402

@@ -4,3 +4,4 @@ from . import maple  # noqa: F401
 from . import coop  # noqa: F401
 from . import cocoop  # noqa: F401
 from . import ivlp  # noqa: F401
+from . import promptsrc  # noqa: F401
