@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Few-shot: CasPL_<METHOD> on all classes of DATASET with K shots (SHOTS_LIST, default 1 2 4 8 16)
+# and each seed (SEEDS, default 1 2 3), over the boosting prompts of the full train set (phase 1 runs
+# first, skipped when done), into output/few_shot/<DATASET>/shots_<K>/<TRAINER>/<CFG>/seed<SEED>.
+# PromptSRC gets its GPA mean/std per dataset group (30/30, or 45/5 for Cars, Flowers, Aircraft,
+# DTD and EuroSAT); OPTS come after and win.
+#
+#   scripts/caspl/few_shot.sh DATASET METHOD [OPTS...]
+#   SHOTS_LIST="1 16" scripts/caspl/few_shot.sh eurosat PromptSRC
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/../common.sh"
+
+(($# >= 2)) || die "usage: $0 DATASET METHOD [OPTS...]"
+DATASET=$1
+METHOD=$2
+shift 2
+TRAINER=$(trainer_name "$METHOD")
+BOOST_CFG=${BOOST_CFG:-$(default_boost_cfg "$DATASET")}
+SHOTS_LIST=${SHOTS_LIST:-1 2 4 8 16}
+
+DATASET_FILE=$(dataset_file "$DATASET")
+if [[ $CASCADE == 1 ]]; then CFG=$BOOST_CFG "$HERE/boosting.sh" "$DATASET"; fi
+set_boost_opts "$DATASET" "$BOOST_CFG"
+set_gpa_opts "$METHOD" "$DATASET"
+
+for SHOTS in $SHOTS_LIST; do
+    RUN_CFG=${CFG:-$(default_cfg few_shot "$METHOD" "$DATASET" "$SHOTS")}
+    CFG_FILE=$(config_file "$TRAINER" "$RUN_CFG")
+    for SEED in $SEEDS; do
+        DIR=$OUTPUT/few_shot/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$RUN_CFG")/seed$SEED
+        run "$DIR" "Elapsed:" \
+            --root "$DATA" \
+            --seed "$SEED" \
+            --trainer "$TRAINER" \
+            --dataset-config-file "$DATASET_FILE" \
+            --config-file "$CFG_FILE" \
+            DATASET.NUM_SHOTS "$SHOTS" \
+            DATASET.SUBSAMPLE_CLASSES all \
+            ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \
+            ${GPA_OPTS[@]+"${GPA_OPTS[@]}"} \
+            "$@"
+    done
+done
