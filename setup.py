@@ -3,8 +3,12 @@ import re
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).parent
+#: top-level folders shipped as caspl_plugin/bundled/<folder>: the selection of caspl_plugin.resources.PATTERNS
+BUNDLED = {"configs": ("*.yaml",), "scripts": ("*.sh", "*.md")}
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "caspl_plugin" / "__init__.py").read_text()).group(1)
 
 
@@ -21,6 +25,38 @@ def _packages():
     return found
 
 
+def _bundled_files():
+    """The shipped configs and shell scripts, relative to the repository root."""
+    return sorted({
+        path.relative_to(HERE)
+        for folder, patterns in BUNDLED.items()
+        for pattern in patterns
+        for path in (HERE / folder).rglob(pattern)
+    })
+
+
+class BuildPyWithBundle(build_py):
+    """build_py that also copies configs/ and scripts/ into caspl_plugin/bundled/ (editable installs
+    read them from the checkout instead)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "caspl_plugin" / "bundled"
+        for relative in _bundled_files():
+            self.mkpath(str((target / relative).parent))
+            self.copy_file(str(HERE / relative), str(target / relative))
+
+
+class SDistWithBundle(sdist):
+    """sdist that carries configs/ and scripts/, so that wheels built from it ship them too."""
+
+    def add_defaults(self):
+        super().add_defaults()
+        self.filelist.extend(str(relative) for relative in _bundled_files())
+
+
 setup(
     name="caspl-plugin",
     version=VERSION,
@@ -32,7 +68,8 @@ setup(
     packages=_packages(),
     package_dir={"caspl_plugin.trainers": "trainers"},
     include_package_data=True,
-    package_data={"caspl_plugin": ["clip/model_configs/*.json", "toy/weights/*", "resources/**/*"]},
+    package_data={"caspl_plugin": ["clip/model_configs/*.json", "toy/weights/*"]},
+    cmdclass={"build_py": BuildPyWithBundle, "sdist": SDistWithBundle},
     install_requires=[
         "torch>=2.1",
         "torchvision",
