@@ -71,13 +71,34 @@ def test_each_image_sees_coop_with_its_shifted_context(clip, batch, with_boostin
         assert (logits - _coop_with_context(clip, model.ctx, boosting)(images)).abs().max() > 1e-3
 
 
-def test_chunked_text_passes_equal_one_pass(clip, batch):
-    images, _ = batch
+def _saved_bytes_and_grads(model, images, labels):
+    """Bytes autograd keeps for the backward pass, and the gradients it then gives."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = model.loss(images, labels)
+    loss.backward()
+    return sum(storages.values()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_chunked_text_passes_equal_one_pass_and_keep_less_for_backward(clip, batch):
+    images, labels = batch
+    torch.manual_seed(0)
     model = CoCoOp(clip, CLASSES, n_ctx=2, ctx_init="")
     with torch.no_grad():
         one_pass = model(images)
-        model.max_text_batch = 2 * len(CLASSES)  # two images per pass: passes of 2 and 1 images
+    saved_one_pass, grads_one_pass = _saved_bytes_and_grads(model, images, labels)
+    model.max_text_batch = len(CLASSES)  # one image per pass, recomputed in the backward pass
+    with torch.no_grad():
         assert (model(images) - one_pass).abs().max() <= 1e-5
+    saved_chunked, grads_chunked = _saved_bytes_and_grads(model, images, labels)
+    assert all((grads_chunked[n] - g).abs().max() <= 1e-5 * max(1.0, g.abs().max()) for n, g in grads_one_pass.items())
+    assert saved_chunked < 0.5 * saved_one_pass
     with pytest.raises(ValueError, match="max_text_batch"):
         CoCoOp(clip, CLASSES, max_text_batch=0)
 

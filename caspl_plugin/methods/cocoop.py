@@ -10,16 +10,25 @@ prompts) and only the adapting context is shifted: ``[SOS][ctx + π(x)][boosting
 
 Cost: a step encodes **B × C text sequences** (batch size times number of classes), all in one
 text-encoder pass whose activations are kept for the backward pass; this is why the published
-recipe uses batch size 1. ``max_text_batch`` bounds the sequences per pass (images are then encoded
-in chunks of ``max(1, max_text_batch // C)``); it trades speed for memory and does not change the
-result. Measured forward + backward, fp32, one pass (CPU, 2 shared cores; tiny = the package's
-``caspl-tiny-student``):
+recipe uses batch size 1. ``max_text_batch`` bounds the sequences per pass (at least one image's C
+sequences): images are encoded in chunks of ``max(1, max_text_batch // C)`` and, when gradients are
+on, each chunk is recomputed in the backward pass (activation checkpointing), so the memory kept
+for the backward pass is one chunk's instead of all B × C sequences', for one more text-encoder
+forward. The result is the same either way. Measured training steps (forward + backward + SGD, fp32,
+CPU, 1 thread on a loaded machine, so times are rough; C = 10; "kept" = bytes autograd saves for
+the backward pass, "peak" = peak RSS above the built model):
 
-===================== ===== ============ ================
-model, C = 10 classes B     time / step  peak memory
-===================== ===== ============ ================
-tiny                  4     see below    see below
-===================== ===== ============ ================
+=================== ==== ============== ========= ======== =========
+model               B    max_text_batch s / step  kept     peak
+=================== ==== ============== ========= ======== =========
+tiny (random)       4    None           0.09      14 MiB   44 MiB
+tiny (random)       4    10             0.18-0.32 ~0       30 MiB
+ViT-B/16 (random)   1    None           7.8       328 MiB  332 MiB
+ViT-B/16 (random)   2    None           12.0      510 MiB  642 MiB
+ViT-B/16 (random)   4    None           18.1      875 MiB  1269 MiB
+ViT-B/16 (random)   4    10             34.0      ~0       400 MiB
+CoOp, ViT-B/16      4    (C sequences)  7.9       328 MiB  331 MiB
+=================== ==== ============== ========= ======== =========
 
 Class text features depend on the image, so they are never cached per class set
 (``image_conditioned_text = True``); :meth:`conditioned_class_features` gives them per image.
@@ -43,6 +52,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..prompts import PromptedCLIP, PromptGroup
 from .coop import _SCHEDULE, CoOp
@@ -114,14 +124,21 @@ class CoCoOp(CoOp):
         """Class text features per image ``[B, C, D]``: ``B × C`` sequences, one encoder pass
         (or passes of at most ``max_text_batch`` sequences)."""
         contexts = self.image_context(image_features)
-        n_classes = len(self.class_names)
-        per_pass = contexts.shape[0] if self.max_text_batch is None else max(1, self.max_text_batch // n_classes)
-        features = []
-        for chunk in contexts.split(per_pass):
-            inputs = self.text_inputs().repeat(chunk.shape[0])  # row b*C + c: image b, class c
-            prompts = self.prompts_with_context(chunk.repeat_interleave(n_classes, dim=0))
-            features.append(self.clip.encode_text(inputs, prompts).unflatten(0, (chunk.shape[0], n_classes)))
-        return torch.cat(features)
+        if self.max_text_batch is None:
+            return self._encode_per_image(contexts)
+        per_pass = max(1, self.max_text_batch // len(self.class_names))
+        recompute = torch.is_grad_enabled()
+        return torch.cat([
+            checkpoint(self._encode_per_image, chunk, use_reentrant=False) if recompute else self._encode_per_image(chunk)
+            for chunk in contexts.split(per_pass)
+        ])
+
+    def _encode_per_image(self, contexts: Tensor) -> Tensor:
+        """``[b, C, D]`` features of all classes for ``b`` per-image contexts, in one encoder pass."""
+        n_images, n_classes = contexts.shape[0], len(self.class_names)
+        inputs = self.text_inputs().repeat(n_images)  # row i*C + c: image i, class c
+        prompts = self.prompts_with_context(contexts.repeat_interleave(n_classes, dim=0))
+        return self.clip.encode_text(inputs, prompts).unflatten(0, (n_images, n_classes))
 
     def encode_classes(self) -> Tensor:
         raise RuntimeError(
