@@ -52,9 +52,8 @@ class BuildPyWithBundle(build_py):
 class SDistWithBundle(sdist):
     """sdist that carries configs/ and scripts/, so that wheels built from it ship them too."""
 
-    def add_defaults(self):
-        super().add_defaults()
-        self.filelist.extend(str(relative) for relative in _bundled_files())
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, sorted(set(files) | {str(relative) for relative in _bundled_files()}))
 
 
 setup(
