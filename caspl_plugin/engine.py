@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,11 +25,14 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
     return torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16)
 
 
-def training_step(objective: nn.Module, images: Tensor, labels, optimizer: torch.optim.Optimizer, precision: str = "fp32") -> dict[str, float]:
-    """One optimisation step: loss under autocast, backward, step. Returns the metrics as floats."""
+def training_step(objective: nn.Module, images: Tensor, labels, optimizer: torch.optim.Optimizer, precision: str = "fp32", **batch) -> dict[str, float]:
+    """One optimisation step: loss under autocast, backward, step. Returns the metrics as floats.
+
+    Extra keyword arguments (e.g. cached ``teacher_logits``) are passed on to ``objective.loss``.
+    """
     device = next(objective.parameters()).device
     with autocast(device, precision):
-        loss, metrics = objective.loss(images, labels)
+        loss, metrics = objective.loss(images, labels, **batch)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"Loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -60,3 +63,46 @@ def epoch_lr(epoch: int, base_lr: float, max_epoch: int, warmup_epochs: int = 1,
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def fit(
+    objective: nn.Module,
+    images: Tensor,
+    labels: Optional[Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr_at: Optional[Callable[[int], float]] = None,
+    seed: int = 0,
+    precision: str = "fp32",
+    progress: Optional[str] = None,
+    **batch: Tensor,
+) -> list[float]:
+    """Train ``objective`` on in-memory tensors: shuffled mini-batches (``seed``), per-epoch LR
+    ``lr_at(epoch)``, and the model's ``on_epoch_end`` after each epoch. Tensors in ``batch`` are
+    indexed with the images (e.g. cached teacher logits). Returns the mean loss per epoch."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    model = getattr(objective, "student", objective)
+    losses = []
+    bar = tqdm(range(epochs), desc=progress, disable=progress is None, leave=False)
+    for epoch in bar:
+        if lr_at is not None:
+            set_lr(optimizer, lr_at(epoch))
+        objective.train()
+        order = torch.randperm(len(images), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            metrics = training_step(
+                objective, images[index], None if labels is None else labels[index], optimizer, precision,
+                **{k: v[index] for k, v in batch.items()},
+            )
+            total += metrics["loss"] * len(index)
+        losses.append(total / len(images))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if hasattr(model, "on_epoch_end"):
+            model.on_epoch_end(epoch, epochs)
+    return losses

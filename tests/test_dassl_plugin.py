@@ -217,3 +217,44 @@ def test_cascade_trainer_errors(data_root, tmp_path):
         build_trainer(tiny_cfg(data_root, tmp_path, "CasPL_CoOp"))
     with pytest.raises(FileNotFoundError, match="no boosting artifact"):
         build_trainer(tiny_cfg(data_root, tmp_path, "CasPL_CoOp", "TRAINER.CASPL.BOOSTING", str(tmp_path / "missing")))
+
+
+def test_promptsrc_resume_keeps_prompt_aggregation(data_root, tmp_path, monkeypatch):
+    """Interrupt a 2-epoch PromptSRC run after epoch 1: the resumed run restores the GPA state from
+    Dassl's checkpoint and ends with w1 * (epoch-1 prompts) + w2 * (epoch-2 prompts)."""
+    from dassl.engine import build_trainer
+
+    from caspl_plugin.methods.promptsrc import GaussianPromptAggregation, gaussian_weights
+
+    opts = ("DATASET.NUM_SHOTS", 1, "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.PROMPTSRC.GPA_MEAN", 1,
+            "TRAINER.PROMPTSRC.GPA_STD", 1, "TRAIN.CHECKPOINT_FREQ", 1, "TEST.NO_TEST", True)
+    first = build_trainer(tiny_cfg(data_root, tmp_path / "cut", "PromptSRC", *opts, epochs=2))
+    real_after_epoch = first.after_epoch
+
+    def after_epoch_then_crash():
+        real_after_epoch()  # saves the epoch-1 checkpoints, GPA state included
+        raise KeyboardInterrupt("simulated interruption after epoch 1")
+
+    first.after_epoch = after_epoch_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    after_epoch1 = {k: v.clone() for k, v in first._models["prompt_learner"].state_dict().items()}
+    assert (tmp_path / "cut" / "aggregation" / "model.pth.tar-1").is_file()
+
+    before_apply = {}
+    real_apply = GaussianPromptAggregation.apply
+
+    def spy(self):
+        before_apply.update({k: p.detach().clone() for k, p in self.params.items()})
+        real_apply(self)
+
+    monkeypatch.setattr(GaussianPromptAggregation, "apply", spy)
+    resumed = build_trainer(tiny_cfg(data_root, tmp_path / "cut", "PromptSRC", *opts, epochs=2))
+    resumed.train()
+    assert resumed.model.gpa.recorded == [0, 1]
+    w = gaussian_weights(2, 1.0, 1.0)
+    final = resumed._models["prompt_learner"].state_dict()
+    for key, value in final.items():
+        name = key.replace("__", ".")
+        expected = w[0] * after_epoch1[key] + w[1] * before_apply[name]
+        assert torch.allclose(value, expected, atol=1e-6)

@@ -12,6 +12,7 @@ import logging
 import os.path as osp
 from typing import ClassVar
 
+import torch
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from torch import nn
@@ -47,6 +48,32 @@ class LearnableView(nn.Module):
     def train(self, mode: bool = True) -> "LearnableView":
         self.model.train(mode)
         return super().train(mode)
+
+
+class AggregationState(nn.Module):
+    """PromptSRC's Gaussian prompt aggregation (GPA) state for Dassl checkpoints, so resume works."""
+
+    def __init__(self, model: nn.Module, max_epoch: int):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+        self.max_epoch = max_epoch
+
+    def state_dict(self, *args, **kwargs):
+        gpa = self.model.gpa
+        if gpa is None:
+            return {}
+        state = gpa.state_dict()
+        return {**{f"sums.{k}": v for k, v in state["sums"].items()}, "recorded": torch.tensor(state["recorded"], dtype=torch.long)}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if not state_dict:
+            return
+        from caspl_plugin.methods.promptsrc import GaussianPromptAggregation
+
+        model = self.model
+        model.gpa = GaussianPromptAggregation(model, self.max_epoch, model.gpa_mean, model.gpa_std)
+        sums = {k[len("sums."):]: v for k, v in state_dict.items() if k.startswith("sums.")}
+        model.gpa.load_state_dict({"sums": sums, "recorded": state_dict["recorded"].tolist()})
 
 
 def load_backbone(cfg, name: str = "", weights: str = ""):
@@ -101,6 +128,8 @@ class PromptTrainer(TrainerX):
             self.register_model(LEARNER, learnable, self.optim, self.sched)
         else:
             self.register_model(LEARNER, learnable, None, None)
+        if getattr(self.model, "gpa_mean", None) is not None:
+            self.register_model("aggregation", AggregationState(self.model, self.max_epoch), None, None)
 
     def set_model_mode(self, mode="train", names=None):
         super().set_model_mode(mode, names)
