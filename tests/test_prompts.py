@@ -184,3 +184,11 @@ def test_token_primitives_place_and_insert():
     assert insert_token_ids(ids, 2, 2, fill_id=1).tolist() == [[9, 5, 1, 1, 7, 8], [9, 5, 1, 1, 8, 0]]
     with pytest.raises(ValueError, match=r"row\(s\) \[0\]"):
         insert_token_ids(ids, 2, 3, fill_id=1)
+
+
+def test_rows_cut_off_names_rows_whose_text_an_insert_would_drop():
+    from caspl_plugin.prompts.tokens import rows_cut_off
+
+    ids = torch.tensor([[9, 5, 7, 8, 0, 0], [9, 5, 8, 0, 0, 0], [9, 5, 6, 7, 4, 8]])
+    assert rows_cut_off(ids, 0) == [] and rows_cut_off(ids, 2) == [2] and rows_cut_off(ids, 3) == [0, 2]
+    assert rows_cut_off(ids, 4) == [0, 1, 2]

@@ -35,5 +35,6 @@ def caspl_extend_config(cfg):
 @hookimpl
 def caspl_clip_adapters():
     from .adapters import PromptModelAdapter
+    from .openai_adapters import openai_clip_adapters
 
-    return [PromptModelAdapter()]
+    return [PromptModelAdapter(), *openai_clip_adapters()]

@@ -63,8 +63,7 @@ def insert_token_ids(token_ids: Tensor, at: int, n: int, fill_id: int, pad_id: i
     keeping the length; raises ``ValueError`` naming the rows whose text would be cut off."""
     if n == 0:
         return token_ids
-    dropped = token_ids[:, token_ids.shape[1] - n:]
-    cut = (dropped != pad_id).any(dim=1).nonzero().flatten().tolist()
+    cut = rows_cut_off(token_ids, n, pad_id)
     if cut:
         raise ValueError(
             f"{n} more prompt tokens do not fit the context length {token_ids.shape[1]} for row(s) {cut}: "
@@ -72,3 +71,12 @@ def insert_token_ids(token_ids: Tensor, at: int, n: int, fill_id: int, pad_id: i
         )
     fill = torch.full((token_ids.shape[0], n), fill_id, dtype=token_ids.dtype, device=token_ids.device)
     return torch.cat([token_ids[:, :at], fill, token_ids[:, at:token_ids.shape[1] - n]], dim=1)
+
+
+def rows_cut_off(token_ids: Tensor, n: int, pad_id: int = 0) -> list[int]:
+    """Rows of token ids ``[rows, length]`` whose text would be cut off by inserting ``n`` tokens
+    while keeping the length (their last ``n`` ids are not all ``pad_id``)."""
+    if n == 0:
+        return []
+    dropped = token_ids[:, token_ids.shape[1] - n:]
+    return (dropped != pad_id).any(dim=1).nonzero().flatten().tolist()

@@ -1,0 +1,177 @@
+"""The host's Dassl trainers, CoOp-style: a prompt learner, a text encoder pooling at the argmax of
+the token ids, a ``CustomCLIP`` and a trainer with its own loss. ``HostIVLP`` is the IVLP-fork
+variant (deep prompts inside the CLIP's blocks); ``HostNoClip`` has no CLIP at all."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from yacs.config import CfgNode as CN
+
+from dassl.engine import TRAINER_REGISTRY, TrainerX
+from dassl.metrics import compute_accuracy
+from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import load_checkpoint
+
+from .openai_clip import build_clip, to_fp16, tokenizer
+
+
+def extend_cfg(cfg):
+    """The host's own config keys (what its train.py adds)."""
+    cfg.TRAINER.HOSTCOOP = CN(dict(N_CTX=4, CTX_INIT="", CLASS_TOKEN_POSITION="end", PREC="fp32"))
+    cfg.TRAINER.HOSTIVLP = CN(dict(N_CTX_TEXT=2, N_CTX_VISION=2, PROMPT_DEPTH_TEXT=2, PROMPT_DEPTH_VISION=2,
+                                   CTX_INIT="", PREC="fp32"))
+    return cfg
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, clip_model):
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.dtype = clip_model.dtype
+
+    def forward(self, prompts, tokenized_prompts):
+        x = prompts + self.positional_embedding.to(self.dtype)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = self.ln_final(x).to(self.dtype)
+        return x[torch.arange(x.shape[0]), tokenized_prompts.argmax(dim=-1)] @ self.text_projection
+
+
+class PromptLearner(nn.Module):
+    """``[SOS][ctx x n_ctx][class name . EOS]``: learned context, embeddings of the rest kept as buffers."""
+
+    def __init__(self, classnames, clip_model, n_ctx: int, ctx_init: str = "", class_token_position: str = "end"):
+        super().__init__()
+        tokenize = tokenizer(clip_model.context_length)
+        embed = clip_model.token_embedding
+        if ctx_init:
+            n_ctx = len(tokenize.encode(ctx_init))
+            with torch.no_grad():
+                ctx = embed(tokenize([ctx_init]))[0, 1:1 + n_ctx].to(clip_model.dtype)
+            prefix = ctx_init
+        else:
+            ctx = torch.randn(n_ctx, embed.embedding_dim, dtype=clip_model.dtype) * 0.02
+            prefix = " ".join(["X"] * n_ctx)
+        self.ctx = nn.Parameter(ctx)
+        self.tokenized_prompts = tokenize([f"{prefix} {name.replace('_', ' ')}." for name in classnames])
+        with torch.no_grad():
+            embedding = embed(self.tokenized_prompts).to(clip_model.dtype)
+        self.register_buffer("token_prefix", embedding[:, :1])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:])
+        self.n_cls, self.n_ctx = len(classnames), n_ctx
+        self.class_token_position = class_token_position
+
+    def forward(self):
+        if self.class_token_position != "end":
+            raise NotImplementedError(self.class_token_position)
+        ctx = self.ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+
+
+class CustomCLIP(nn.Module):
+    def __init__(self, classnames, clip_model, **prompt_options):
+        super().__init__()
+        self.prompt_learner = PromptLearner(classnames, clip_model, **prompt_options)
+        self.tokenized_prompts = self.prompt_learner.tokenized_prompts
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
+
+    def forward(self, image):
+        image_features = self.image_encoder(image.to(self.dtype))
+        text_features = self.text_encoder(self.prompt_learner(), self.tokenized_prompts)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        return self.logit_scale.exp() * image_features @ text_features.t()
+
+
+@TRAINER_REGISTRY.register()
+class HostCoOp(TrainerX):
+    """CoOp as a host project writes it: only the prompt learner trains, cross-entropy loss."""
+
+    NODE = "HOSTCOOP"
+
+    def build_clip(self):
+        return build_clip(self.cfg.MODEL.BACKBONE.NAME)
+
+    def prompt_options(self) -> dict:
+        node = self.cfg.TRAINER.HOSTCOOP
+        return dict(n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, class_token_position=node.CLASS_TOKEN_POSITION)
+
+    def build_model(self):
+        clip_model = self.build_clip()
+        if self.cfg.TRAINER[self.NODE].PREC == "fp16":
+            to_fp16(clip_model)
+        self.model = CustomCLIP(self.dm.dataset.classnames, clip_model, **self.prompt_options())
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self.is_learnable(name))
+        self.model.to(self.device)
+        self.register_learnable()
+
+    def is_learnable(self, name: str) -> bool:
+        return "prompt_learner" in name
+
+    def register_learnable(self):
+        self.optim = build_optimizer(self.model.prompt_learner, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
+
+    def compute_loss(self, logits, label):
+        return F.cross_entropy(logits, label)
+
+    def forward_backward(self, batch):
+        image, label = batch["img"].to(self.device), batch["label"].to(self.device)
+        output = self.model(image)
+        loss = self.compute_loss(output, label)
+        self.model_backward_and_update(loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+
+    def load_model(self, directory, epoch=None):
+        """CoOp's loader: the class-dependent token buffers come from the current class names."""
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            state_dict = load_checkpoint(f"{directory}/{name}/{model_file}")["state_dict"]
+            for key in ("token_prefix", "token_suffix"):
+                state_dict.pop(key, None)
+            self._models[name].load_state_dict(state_dict, strict=False)
+
+
+@TRAINER_REGISTRY.register()
+class HostIVLP(HostCoOp):
+    """The IVLP fork: deep text and vision prompts live in the CLIP's own blocks and vision tower."""
+
+    NODE = "HOSTIVLP"
+
+    def build_clip(self):
+        node = self.cfg.TRAINER.HOSTIVLP
+        return build_clip(self.cfg.MODEL.BACKBONE.NAME, text_prompts=(node.N_CTX_TEXT, node.PROMPT_DEPTH_TEXT),
+                          vision_prompts=(node.N_CTX_VISION, node.PROMPT_DEPTH_VISION))
+
+    def prompt_options(self) -> dict:
+        node = self.cfg.TRAINER.HOSTIVLP
+        return dict(n_ctx=node.N_CTX_TEXT, ctx_init=node.CTX_INIT)
+
+    def is_learnable(self, name: str) -> bool:
+        return "prompt_learner" in name or "VPT" in name
+
+    def register_learnable(self):  # like IVLP: the whole model is registered (and saved)
+        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
+
+
+@TRAINER_REGISTRY.register()
+class HostNoClip(TrainerX):
+    """A linear probe on raw pixels: nothing CasPL could recognise as a CLIP."""
+
+    def build_model(self):
+        size = self.cfg.INPUT.SIZE
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size[0] * size[1], self.num_classes)).to(self.device)
+        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
+        self.register_model("probe", self.model, self.optim, None)
