@@ -2,74 +2,40 @@
 
 ``create_clip(name, weights)`` returns a frozen, eval-mode :class:`Backbone` holding the open_clip
 model, its tokenizer and its preprocessing constants. Names may be spelled as Dassl/CoOp do
-(``ViT-B/16``) or as open_clip does (``ViT-B-16``, ``ViT-B-16-quickgelu``); OpenAI-format weights
-always get QuickGELU (see :mod:`caspl_plugin.clip.weights`).
+(``ViT-B/16``) or as open_clip does (``ViT-B-16``, ``ViT-B-16-quickgelu``). The activation follows
+the weights: OpenAI-format weights always get QuickGELU, other weights keep the architecture's own
+(see :mod:`caspl_plugin.clip.weights`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import open_clip
 import torch
 from torch import nn
 
-from .weights import WeightsSource, load_state_dict_into, resolve_weights
+from .names import DASSL_NAMES, list_named_models, resolve_model_name
+from .weights import (
+    IncompatibleWeightsError,
+    PathLike,
+    WeightsSource,
+    load_state_dict_into,
+    read_weights,
+    resolve_weights,
+    tag_config,
+)
 
 logger = logging.getLogger(__name__)
 
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_registered = False
-
-#: Dassl/CoOp backbone names -> open_clip architecture names (OpenAI weights need QuickGELU).
-DASSL_NAMES = {
-    "ViT-B/16": "ViT-B-16",
-    "ViT-B/32": "ViT-B-32",
-    "ViT-L/14": "ViT-L-14",
-    "ViT-L/14@336px": "ViT-L-14-336",
-    "RN50": "RN50",
-    "RN101": "RN101",
-}
+__all__ = ["Backbone", "DASSL_NAMES", "create_clip", "list_named_models", "resolve_model_name", "uses_quick_gelu"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _register_package_configs() -> None:
-    global _registered
-    if not _registered:
-        open_clip.add_model_config(_CONFIG_DIR)
-        _registered = True
-
-
-def list_named_models() -> list[str]:
-    """Every architecture name :func:`create_clip` accepts (open_clip's and this package's)."""
-    _register_package_configs()
-    return sorted(set(open_clip.list_models()) | set(DASSL_NAMES))
-
-
-def resolve_model_name(name: str, quick_gelu: bool = False) -> str:
-    """Map a Dassl/CoOp or open_clip name to the open_clip architecture to build.
-
-    ``quick_gelu=True`` (OpenAI-format weights) selects the ``-quickgelu`` variant where one exists.
-    """
-    _register_package_configs()
-    arch = DASSL_NAMES.get(name, name)
-    available = set(open_clip.list_models())
-    if arch not in available:
-        import difflib
-
-        close = difflib.get_close_matches(name, sorted(available | set(DASSL_NAMES)), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown CLIP model {name!r}: expected a Dassl name ({', '.join(DASSL_NAMES)}) or an "
-            f"open_clip model name (see caspl_plugin.clip.list_named_models()).{hint}"
-        )
-    if quick_gelu and not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in available:
-        arch = f"{arch}-quickgelu"
-    return arch
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
 def uses_quick_gelu(model: nn.Module) -> bool:
@@ -117,49 +83,98 @@ class Backbone:
 
 def create_clip(
     name: str,
-    weights: Optional[str] = None,
+    weights: Optional[PathLike] = None,
     *,
-    weights_dir: Optional[str] = None,
+    weights_dir: Optional[PathLike] = None,
     device: Optional[torch.device | str] = None,
+    quick_gelu: Optional[bool] = None,
 ) -> Backbone:
     """Build a frozen CLIP by name, with weights from a tag, a local file or a weights directory.
 
     Args:
         name: ``ViT-B/16`` (Dassl spelling), any open_clip model name, or a package config
-            (``caspl-tiny-student``, ``caspl-tiny-teacher``, ``toy-student``, ``toy-teacher``).
-        weights: ``None``/``"random"`` for random init, ``"openai"`` (or another open_clip pretrained
-            tag), or a path to a local file (OpenAI JIT/state-dict ``.pt``, open_clip checkpoint,
-            ``.safetensors``). ``None`` also looks in ``weights_dir`` / ``$CASPL_WEIGHTS_DIR``
-            for a file named after the model, and falls back to random init only for the package's
-            own tiny configs.
-        weights_dir: directory to search for weight files (overrides ``$CASPL_WEIGHTS_DIR``).
+            (``caspl-tiny-student``, ``caspl-tiny-teacher``, ...).
+        weights: ``"random"`` for random init, ``"openai"`` (or another open_clip pretrained tag),
+            a path to a local file (OpenAI TorchScript/state-dict ``.pt``, open_clip checkpoint,
+            ``.safetensors``) or to a directory holding one named after the model. ``None`` looks in
+            ``weights_dir`` / ``$CASPL_WEIGHTS_DIR``, then uses a package model's registered weights
+            (or random init for package configs), else the ``openai`` tag.
+        weights_dir: directory to search for weight files (before ``$CASPL_WEIGHTS_DIR``).
         device: where to put the model (default CPU). Weights stay fp32; use autocast for AMP.
+        quick_gelu: force the activation (True: QuickGELU, False: GELU). By default it follows
+            the weights (OpenAI-format weights -> QuickGELU), else the architecture's config.
+
+    Raises:
+        ValueError: unknown model name or pretrained tag.
+        WeightsNotFoundError: no weights found; the message lists every place searched.
+        IncompatibleWeightsError: weights that do not fit the architecture or the requested activation.
     """
-    _register_package_configs()
     source = resolve_weights(name, weights, weights_dir=weights_dir)
-    arch = resolve_model_name(name, quick_gelu=source.openai_format)
-    if source.kind == "tag":
-        model = open_clip.create_model(arch, pretrained=source.location, device="cpu")
-    else:
-        model = open_clip.create_model(arch, pretrained=None, device="cpu")
-        if source.kind == "file":
-            load_state_dict_into(model, source)
-    if source.openai_format and not uses_quick_gelu(model):
-        raise ValueError(
-            f"OpenAI-format weights {source.location!r} need QuickGELU, but architecture {arch!r} "
-            "uses GELU; use the '-quickgelu' variant of the model name."
+    state, source = read_weights(source)
+    if quick_gelu is not None and source.quick_gelu is not None and quick_gelu != source.quick_gelu:
+        raise IncompatibleWeightsError(
+            f"Weights {source} were trained with {_activation_name(source.quick_gelu)}, but quick_gelu="
+            f"{quick_gelu} asks CLIP model {name!r} for {_activation_name(quick_gelu)}; leave quick_gelu unset."
         )
+    use_quick_gelu = source.quick_gelu if quick_gelu is None else quick_gelu
+    arch = resolve_model_name(name, quick_gelu=use_quick_gelu)
+    tag_cfg = tag_config(name, source.location)[1] if source.kind == "tag" else {}
+    with _quiet_random_init_warning(state is not None):
+        model = open_clip.create_model(
+            arch,
+            pretrained=None,
+            device="cpu",
+            pretrained_text=False,
+            force_preprocess_cfg={k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg} or None,
+            **({} if use_quick_gelu is None else {"quick_gelu": use_quick_gelu}),
+        )
+    if use_quick_gelu is not None and uses_quick_gelu(model) != use_quick_gelu:
+        raise IncompatibleWeightsError(
+            f"CLIP model {name!r} ({arch}) could not be built with {_activation_name(use_quick_gelu)}, "
+            f"which weights {source} need."
+        )
+    if state is not None:
+        load_state_dict_into(model, state, source, f"{name!r} (open_clip architecture {arch!r})")
+        logger.info("Loaded CLIP %s (%s) weights from %s", name, arch, source.path or source)
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
-    tokenizer = open_clip.get_tokenizer(arch)
     preprocess = getattr(model.visual, "preprocess_cfg", None) or {}
     return Backbone(
         name=name,
         arch=arch,
         model=model,
-        tokenizer=tokenizer,
+        tokenizer=_tokenizer(arch),
         weights=source,
         mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
         std=tuple(preprocess.get("std", OPENAI_STD)),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer(arch: str) -> Callable:
+    """open_clip's tokenizer for ``arch``, read once per process (it parses the BPE vocabulary)."""
+    return open_clip.get_tokenizer(arch)
+
+
+def _activation_name(quick_gelu: bool) -> str:
+    return "QuickGELU" if quick_gelu else "GELU"
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(weights_follow: bool) -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning when weights are loaded right after."""
+    if not weights_follow:
+        yield
+        return
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
