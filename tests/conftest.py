@@ -31,3 +31,13 @@ def vit_b16():
 
     torch.manual_seed(0)
     return create_clip("ViT-B/16", weights="random")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_rng():
+    """Every test starts from the same RNG state, whatever ran before it (order-independent results)."""
+    import random
+
+    random.seed(0)
+    torch.manual_seed(0)
+    yield
