@@ -1,5 +1,4 @@
 """Checks shared by the method tests (CoOp, CoCoOp, IVLP and their cascades)."""
-import math
 
 import torch
 import torch.nn.functional as F

@@ -218,7 +218,7 @@ def _load_model(self, directory, epoch=None):
     from dassl.utils import torchtools
 
     if not directory:
-        logger.info("load_model() skipped: no model directory given")
+        print("Note that load_model() is skipped as no pretrained model is given")  # Dassl's own line
         return
     model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
     for name in self.get_model_names():
@@ -228,7 +228,7 @@ def _load_model(self, directory, epoch=None):
         checkpoint = torchtools.load_checkpoint(model_path)
         val_result = checkpoint.get("val_result")
         shown = "n/a" if val_result is None else f"{val_result:.1f}"
-        logger.info("Load %s to %s (epoch=%s, val_result=%s)", model_path, name, checkpoint["epoch"], shown)
+        print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")  # as Dassl, into log.txt
         self._models[name].load_state_dict(checkpoint["state_dict"])
 
 
