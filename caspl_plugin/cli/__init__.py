@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 #: command name -> (module under caspl_plugin.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "CasPL end to end on the embedded toy domain with tiny pre-trained CLIPs (about a minute)"),
     "distill": ("distill", "phase 1: learn boosting prompts from a zero-shot teacher on unlabeled images"),
     "inspect": ("inspect_cmd", "print the metadata of a prompt artifact"),
     "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
