@@ -170,6 +170,21 @@ finished() {
     grep -qsF -- "$2" "$1"/log.txt*
 }
 
+# train DIR SEED DATASET_FILE CFG_FILE SHOTS SUBSAMPLE [OPTS...]: one training run of $TRAINER
+train() {
+    local dir=$1 seed=$2 dataset_file=$3 cfg_file=$4 shots=$5 subsample=$6
+    shift 6
+    run "$dir" "Elapsed:" \
+        --root "$DATA" \
+        --seed "$seed" \
+        --trainer "$TRAINER" \
+        --dataset-config-file "$dataset_file" \
+        --config-file "$cfg_file" \
+        DATASET.NUM_SHOTS "$shots" \
+        DATASET.SUBSAMPLE_CLASSES "$subsample" \
+        "$@"
+}
+
 # run DIR MARKER ARGS...: `python train.py --output-dir DIR ARGS...`, unless DIR holds a finished run
 run() {
     local dir=$1 marker=$2

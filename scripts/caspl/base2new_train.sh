@@ -27,13 +27,6 @@ DATASET_FILE=$(dataset_file "$DATASET")
 set_boost_opts "$DATASET" "$BOOST_CFG"
 DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
 
-run "$DIR" "Elapsed:" \
-    --root "$DATA" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "$DATASET_FILE" \
-    --config-file "$CFG_FILE" \
-    DATASET.NUM_SHOTS "$SHOTS" \
-    DATASET.SUBSAMPLE_CLASSES base \
+train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" "$SHOTS" base \
     ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \
     "$@"

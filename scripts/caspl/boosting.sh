@@ -24,12 +24,5 @@ CFG_FILE=$(config_file "$TRAINER" "$CFG")
 DATASET_FILE=$(dataset_file "$DATASET")
 DIR=$(boosting_dir "$DATASET" "$CFG")
 
-run "$DIR" "Elapsed:" \
-    --root "$DATA" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "$DATASET_FILE" \
-    --config-file "$CFG_FILE" \
-    DATASET.NUM_SHOTS -1 \
-    DATASET.SUBSAMPLE_CLASSES all \
+train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" -1 all \
     "$@"

@@ -29,14 +29,7 @@ for SHOTS in $SHOTS_LIST; do
     CFG_FILE=$(config_file "$TRAINER" "$RUN_CFG")
     for SEED in $SEEDS; do
         DIR=$OUTPUT/few_shot/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$RUN_CFG")/seed$SEED
-        run "$DIR" "Elapsed:" \
-            --root "$DATA" \
-            --seed "$SEED" \
-            --trainer "$TRAINER" \
-            --dataset-config-file "$DATASET_FILE" \
-            --config-file "$CFG_FILE" \
-            DATASET.NUM_SHOTS "$SHOTS" \
-            DATASET.SUBSAMPLE_CLASSES all \
+        train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" "$SHOTS" all \
             ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \
             ${GPA_OPTS[@]+"${GPA_OPTS[@]}"} \
             "$@"

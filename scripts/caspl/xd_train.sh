@@ -25,13 +25,6 @@ DATASET_FILE=$(dataset_file "$SOURCE")
 set_boost_opts "$SOURCE" "$BOOST_CFG"
 DIR=$OUTPUT/xd/train/$SOURCE/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
 
-run "$DIR" "Elapsed:" \
-    --root "$DATA" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "$DATASET_FILE" \
-    --config-file "$CFG_FILE" \
-    DATASET.NUM_SHOTS "$SHOTS" \
-    DATASET.SUBSAMPLE_CLASSES all \
+train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" "$SHOTS" all \
     ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \
     "$@"
