@@ -17,18 +17,18 @@ import csv
 import io
 import logging
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
 from .boosting import BoostingConfig, build_distiller
 from .clip import create_clip
 from .engine import fit
+from .files import atomic_write
 from .methods import ZeroShotCLIP, get_method
 from .prompts import PromptedCLIP
 from .toy import domain
@@ -204,12 +204,6 @@ def format_table(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict[str, Path]:
     """Markdown and CSV tables and a base/novel/HM bar chart; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +218,7 @@ def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict
         f"adapting {result.seconds.get('adapting', 0):.0f} s).", "",
     ]
     paths = {"markdown": out / "demo_results.md", "csv": out / "demo_results.csv"}
-    _atomic_write(paths["markdown"], "\n".join(markdown).encode())
+    atomic_write(paths["markdown"], "\n".join(markdown).encode())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["model", "runs", "base_mean", "novel_mean", "hm", *[f"base_seed{s}" for s in settings.seeds], *[f"novel_seed{s}" for s in settings.seeds]])
@@ -233,7 +227,7 @@ def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict
         pad = [""] * (len(settings.seeds) - len(row["base"]))
         writer.writerow([name, len(row["base"]), f"{base:.2f}", f"{novel:.2f}", f"{harmonic_mean(base, novel):.2f}",
                          *[f"{v:.2f}" for v in row["base"]], *pad, *[f"{v:.2f}" for v in row["novel"]], *pad])
-    _atomic_write(paths["csv"], buffer.getvalue().encode())
+    atomic_write(paths["csv"], buffer.getvalue().encode())
     try:
         paths["chart"] = _chart(rows, out / "demo_results.png", seeds)
     except ImportError:
@@ -263,5 +257,5 @@ def _chart(rows: list[dict], path: Path, seeds: str) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path

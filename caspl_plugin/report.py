@@ -40,6 +40,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 from caspl_plugin.data.catalog import DATASETS
 from caspl_plugin.data.splits import atomic_write_text
+from caspl_plugin.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -815,11 +816,8 @@ def save_charts(report: Report, out_dir: str | os.PathLike) -> list[Path]:
         axes.legend(loc="upper center", ncol=len(series), fontsize=8, frameon=False)
         figure.tight_layout()
         path = out_dir / f"{table.name}.png"
-        temporary = out_dir / f".{path.name}.tmp"
-        try:
-            figure.savefig(temporary, format="png", dpi=110)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        atomic_write(path, buffer.getvalue())
         written.append(path)
     return written

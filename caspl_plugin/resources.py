@@ -8,9 +8,10 @@ editable installs always see the files being edited.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .files import atomic_write
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: where an installed package keeps its copy of configs/ and scripts/
@@ -71,16 +72,7 @@ class CopyReport:
 
 
 def _write_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(source.read_bytes())
-        os.chmod(temp, 0o755 if target.suffix == ".sh" else 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, source.read_bytes(), mode=0o755 if target.suffix == ".sh" else 0o644)
 
 
 def copy_resources(dest: str | os.PathLike, force: bool = False) -> CopyReport:

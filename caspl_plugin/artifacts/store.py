@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from typing import Any, Collection, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
+
+from ..files import atomic_write
 
 __all__ = ["ArtifactError", "METADATA_KEY", "content_hash", "load_artifact", "save_artifact"]
 
@@ -77,20 +78,7 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], 
     except (TypeError, ValueError) as error:
         raise ArtifactError(f"{path}: metadata is not JSON-serialisable: {error}") from error
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    data = save(prepared, metadata=header)
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write(path, save(prepared, metadata=header))
     return document["content_sha256"]
 
 

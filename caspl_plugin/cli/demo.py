@@ -13,8 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from caspl_plugin.demo import DemoSettings, format_table, run_demo, write_outputs
 
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import fields
 from pathlib import Path
 
 from . import CommandError

@@ -17,10 +17,11 @@ import logging
 import math
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
+
+from ..files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +92,8 @@ def read_split(path: str | Path, image_dir: str | Path) -> tuple[list[Record], l
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`caspl_plugin.files.atomic_write`)."""
+    atomic_write(path, text)
 
 
 def write_split(path: str | Path, image_dir: str | Path, **splits: Sequence[Record]) -> None:
