@@ -81,10 +81,17 @@ setup(
         "tqdm",
         "pillow",
         "numpy",
+        # the demo's chart is part of the first command's output
+        "matplotlib",
+        # one run per output file (caspl distill / adapt take a lock on their outputs)
+        "filelock>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "matplotlib"],
-        "plot": ["matplotlib"],
+        "test": ["pytest>=7", "hypothesis>=6", "tensorboard", "onnx>=1.15", "onnxscript", "onnxruntime>=1.17"],
+        # caspl export / caspl classify on .onnx
+        "export": ["onnx>=1.15", "onnxscript", "onnxruntime>=1.17"],
+        # --tensorboard DIR
+        "tensorboard": ["tensorboard"],
     },
     entry_points={
         "console_scripts": ["caspl=caspl_plugin.cli:main"],

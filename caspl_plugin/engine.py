@@ -12,17 +12,29 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-PRECISIONS = ("fp32", "amp")
+#: The one precision vocabulary of every loop (distill, teacher-cache, adapt, the Dassl trainers).
+#: Weights (and the learnable prompts, the master copy) stay fp32; compute runs under autocast:
+#: ``amp`` = fp16 on CUDA and bf16 elsewhere, ``bf16`` / ``fp16`` = that dtype on any device.
+PRECISIONS = ("fp32", "amp", "bf16", "fp16")
+
+
+def autocast_dtype(device: torch.device | str, precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype of ``precision`` on ``device`` (None for fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "amp":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
-    """Mixed precision by autocast (weights stay fp32): fp16 on CUDA, bf16 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
+    """Mixed precision by autocast (weights stay fp32); see :data:`PRECISIONS`."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
         return contextlib.nullcontext()
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def training_step(objective: nn.Module, images: Tensor, labels, optimizer: torch.optim.Optimizer, precision: str = "fp32", **batch) -> dict[str, float]:
