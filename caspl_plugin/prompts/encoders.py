@@ -9,7 +9,9 @@ places prompt tokens between them:
   prompts are appended after the positional embedding, before ``ln_pre``;
 - block ``i >= 1``: every prompt whose depth exceeds ``i`` replaces its slice at the block input.
 
-With no prompts both encoders equal ``CLIP.encode_text`` / ``CLIP.encode_image`` (tested).
+With no prompts both encoders equal ``CLIP.encode_text`` / ``CLIP.encode_image`` (tested). How the
+blocks themselves are run (sequence-first on their own weights, or their own ``forward``) is
+:mod:`caspl_plugin.prompts.blocks`; where tokens go does not depend on it.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .blocks import BlockRunner
 from .group import PromptTokens
 from .layout import Slot, TextInputs, build_text_inputs, in_vision_order
 from .tokens import place_tokens
@@ -36,10 +39,11 @@ class PromptedCLIP(nn.Module):
     """A frozen open_clip ``CLIP`` whose text and image encoders accept prompt tokens.
 
     The CLIP weights are never trained here: the module keeps the CLIP in eval mode and without
-    gradients, whatever ``train()`` is called with.
+    gradients, whatever ``train()`` is called with. ``block_mode`` is how the residual blocks are
+    run (:data:`~caspl_plugin.prompts.blocks.BLOCK_MODES`; settable later).
     """
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, block_mode: str = "fused"):
         super().__init__()
         model = backbone.model
         self._check_supported(model)
@@ -49,6 +53,15 @@ class PromptedCLIP(nn.Module):
         self.geometry = backbone.describe()
         self.tokenizer = backbone.tokenizer
         self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
+        self.block_mode = block_mode
+
+    @property
+    def block_mode(self) -> str:
+        return self._blocks.mode
+
+    @block_mode.setter
+    def block_mode(self, mode: str) -> None:
+        self._blocks = BlockRunner(mode)
 
     @staticmethod
     def _check_supported(model: nn.Module) -> None:
@@ -144,12 +157,13 @@ class PromptedCLIP(nn.Module):
             _check_rows(p, x.shape[0])
         x = self._place_layer(x, 0, prompts, positions)
         x = x + clip.positional_embedding.to(cast_dtype)
-        attn_mask = clip.attn_mask
+        attn_mask, run = clip.attn_mask, self._blocks
+        x = run.enter(x)
         for i, block in enumerate(clip.transformer.resblocks):
             if i > 0:
-                x = self._place_layer(x, i, prompts, positions)
-            x = block(x, attn_mask=attn_mask)
-        x = clip.ln_final(x)
+                x = self._place_layer(x, i, prompts, positions, run.seq_first)
+            x = run(block, x, attn_mask)
+        x = clip.ln_final(run.leave(x))
         x = x[torch.arange(x.shape[0], device=x.device), inputs.eot_index.to(x.device)]
         projection = clip.text_projection
         if projection is None:
@@ -167,15 +181,15 @@ class PromptedCLIP(nn.Module):
             )
 
     @staticmethod
-    def _place_layer(x: Tensor, layer: int, prompts: Sequence[PromptTokens], positions: dict) -> Tensor:
+    def _place_layer(x: Tensor, layer: int, prompts: Sequence[PromptTokens], positions: dict, seq_first: bool = False) -> Tensor:
         active = [p for p in prompts if p.depth > layer]
         if not active:
             return x
         if all(positions[p.name].dim() == 1 for p in active) and all(p.layers[layer].dim() == 2 for p in active):
             pos = torch.cat([positions[p.name] for p in active])
-            return place_tokens(x, pos, torch.cat([p.layers[layer] for p in active]))
+            return place_tokens(x, pos, torch.cat([p.layers[layer] for p in active]), seq_first=seq_first)
         for p in active:
-            x = place_tokens(x, positions[p.name], p.layers[layer])
+            x = place_tokens(x, positions[p.name], p.layers[layer], seq_first=seq_first)
         return x
 
     # ---- vision ---------------------------------------------------------------------------
@@ -197,11 +211,13 @@ class PromptedCLIP(nn.Module):
         for p in prompts:
             positions[p.name] = torch.arange(start, start + p.n, device=x.device)
             start += p.n
+        run = self._blocks
+        x = run.enter(x)
         for i, block in enumerate(visual.transformer.resblocks):
             if i > 0:
-                x = self._place_layer(x, i, prompts, positions)
-            x = block(x, attn_mask=None)
-        pooled, _ = visual._pool(x)
+                x = self._place_layer(x, i, prompts, positions, run.seq_first)
+            x = run(block, x)
+        pooled, _ = visual._pool(run.leave(x))
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     # ---- both -----------------------------------------------------------------------------
