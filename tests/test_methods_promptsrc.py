@@ -254,3 +254,26 @@ def test_fixed_text_features_are_cached_per_class_set(clip):
     assert model.fixed_text_features() is first and not first.requires_grad
     model.set_class_names(["cat", "dog"])
     assert model.fixed_text_features().shape[0] == 2
+
+
+def test_anchor_text_features_are_computed_when_training_starts_not_in_the_first_step(clip, monkeypatch, caplog):
+    model = _model(clip).eval()
+    calls = []
+    encode_text = clip.encode_text
+    monkeypatch.setattr(clip, "encode_text", lambda *a, **k: calls.append(1) or encode_text(*a, **k))
+    assert model._fixed_text_cache is None  # building and eval mode do not compute them
+    with caplog.at_level("INFO", logger="caspl_plugin.methods.promptsrc"):
+        model.train()
+    assert len(calls) == len(IMAGENET_TEMPLATES)
+    assert "anchor text features of 3 classes x 60 templates" in caplog.text
+    calls.clear()
+    optimizer = make_optimizer(model.learnable_parameters(), lr=0.01)
+    training_step(model, _images(2), torch.tensor([0, 1]), optimizer)
+    assert len(calls) == 1  # the step encodes only the prompted classes
+    model.train()
+    assert len(calls) == 1  # up to date: nothing recomputed
+    model.set_class_names(["cat", "dog"])  # a new class set during training: prepared right away
+    assert len(calls) == 1 + len(IMAGENET_TEMPLATES)
+    model.eval()
+    model.set_class_names(["cat", "dog", "bird"])  # evaluation never needs them
+    assert len(calls) == 1 + len(IMAGENET_TEMPLATES)

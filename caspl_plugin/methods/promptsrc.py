@@ -13,6 +13,12 @@ keep the prompted model close to a frozen *anchor*:
   reduction="sum", log_target=True) / z.numel()`` with ``z_anchor = scale * cos(I_anchor, T_fixed)``
   — the anchor's distribution is the target, and the sum is divided by batch *and* classes.
 
+The anchor text features are one-time work (60 templates x classes through the text encoder: ~25 s
+for ten classes on a CPU ViT-B/16): :meth:`PromptSRC.prepare_anchor` computes them with a log line
+when training starts (``train()``, on the device training runs on) and when the class set or the
+boosting group changes during training, never inside a training step; they move with the model
+to another device without being recomputed.
+
 ``loss = CE(z, y) + scl_text + scl_image + scl_logits``.
 
 **Anchor.** ``anchor="clip"`` (default, the authors' code, in PromptSRC and in the CasPL cascade):
@@ -51,7 +57,9 @@ DescribableTextures, EuroSAT. With 8 text tokens the context is random (``ctx_in
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Optional, Sequence
 
 import torch
@@ -62,6 +70,8 @@ from ..data.catalog import IMAGENET_TEMPLATES
 from ..prompts import PromptedCLIP, Slot, collect_tokens
 from .ivlp import IVLP
 from .registry import Preset, register_method
+
+logger = logging.getLogger(__name__)
 
 ANCHORS = ("clip", "boosted")
 
@@ -197,6 +207,7 @@ class PromptSRC(IVLP):
         self.gpa_mean = None if gpa_mean is None else float(gpa_mean)
         self.gpa_std = float(gpa_std)
         self.gpa: Optional[GaussianPromptAggregation] = None
+        self._fixed_text_cache: Optional[tuple[tuple, Tensor]] = None  # (key, features): prepare_anchor()
 
     # ---- the frozen anchor ----------------------------------------------------------------
     def _anchor_groups(self) -> list:
@@ -207,16 +218,39 @@ class PromptSRC(IVLP):
         return [self.boosting]
 
     def prompts_changed(self) -> None:
-        self._fixed_text_cache = None
         super().prompts_changed()
+        if self.training and hasattr(self, "_fixed_text_cache"):  # built, and the class set / boosting changed mid-training
+            self.prepare_anchor()
+
+    def train(self, mode: bool = True) -> "PromptSRC":
+        super().train(mode)
+        if mode:
+            self.prepare_anchor()
+        return self
+
+    def _anchor_key(self) -> tuple:
+        groups = self._anchor_groups()
+        return (self.class_names, self.anchor, tuple((id(p), p._version) for g in groups for p in g.parameters()))
+
+    def prepare_anchor(self) -> None:
+        """Compute the anchor text features now (with a log line) unless they are up to date."""
+        cache = self._fixed_text_cache
+        if cache is not None and cache[0] == self._anchor_key():
+            return
+        start = time.perf_counter()
+        logger.info("PromptSRC: anchor text features of %d classes x %d templates (once per class set) on %s ...",
+                    len(self.class_names), len(IMAGENET_TEMPLATES), self.clip.device)
+        self.fixed_text_features()
+        logger.info("PromptSRC: anchor text features ready in %.1f s", time.perf_counter() - start)
 
     @torch.no_grad()
     def fixed_text_features(self) -> Tensor:
         """The anchor's class text features ``[C, D]``: mean over the 60 templates, normalised; computed
         in full precision (outside autocast) once per class set (and boosting values when boosted)."""
         groups = self._anchor_groups()
-        key = (self.class_names, self.anchor, self.clip.device, tuple((id(p), p._version) for g in groups for p in g.parameters()))
-        if self._fixed_text_cache is None or self._fixed_text_cache[0] != key:
+        key = self._anchor_key()
+        cache = self._fixed_text_cache
+        if cache is None or cache[0] != key:
             slots = [Slot(g.name, g.role, g.spec.n_text) for g in groups if g.spec.n_text]
             prompts = collect_tokens(groups, "text")
             with torch.autocast(self.clip.device.type, enabled=False):  # once per class set: full precision
@@ -224,8 +258,11 @@ class PromptSRC(IVLP):
                     self.clip.encode_text(self.clip.text_inputs(self.class_names, slots, template), prompts).float()
                     for template in IMAGENET_TEMPLATES
                 ]
-            self._fixed_text_cache = (key, F.normalize(torch.stack(per_template).mean(0), dim=-1))
-        return self._fixed_text_cache[1]
+            cache = (key, F.normalize(torch.stack(per_template).mean(0), dim=-1))
+        if cache[1].device != self.clip.device:  # the model moved: the features move with it
+            cache = (key, cache[1].to(self.clip.device))
+        self._fixed_text_cache = cache
+        return cache[1]
 
     @torch.no_grad()
     def anchor_image_features(self, images: Tensor) -> Tensor:
