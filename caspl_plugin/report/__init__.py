@@ -1,0 +1,57 @@
+"""Result tables from the logs of finished Dassl runs (what ``caspl report`` prints and writes).
+
+Three steps, one module each:
+
+- :mod:`~caspl_plugin.report.parse`: Dassl logs and the run folders they sit in -> :class:`Run`;
+- :mod:`~caspl_plugin.report.aggregate`: runs -> tables (per protocol and trainer, comparisons) and
+  flags of suspicious runs -> :class:`Report`;
+- :mod:`~caspl_plugin.report.render`: tables as text, CSV and Markdown files, PNG charts.
+"""
+from .aggregate import (
+    FLAG_KINDS,
+    IMAGENET_VARIANTS,
+    TRANSFER_DATASETS,
+    Flag,
+    Group,
+    Report,
+    Stats,
+    ZeroShotReference,
+    base2new_delta,
+    base2new_overview,
+    base2new_table,
+    build_report,
+    comparison_pairs,
+    few_shot_table,
+    harmonic_mean,
+    read_zeroshot_csv,
+    run_list_table,
+    runs_table,
+    seed_flags,
+    short_labels,
+    xd_table,
+    zero_shot_flags,
+)
+from .parse import (
+    LAYOUTS,
+    LOG_FILE,
+    LogSummary,
+    Run,
+    RunKey,
+    backbone_of,
+    dataset_key,
+    discover_runs,
+    is_zero_shot,
+    match_layout,
+    parse_log,
+    read_run,
+)
+from .render import Table, Value, save_charts, write_tables
+
+__all__ = [
+    "FLAG_KINDS", "IMAGENET_VARIANTS", "LAYOUTS", "LOG_FILE", "TRANSFER_DATASETS",
+    "Flag", "Group", "LogSummary", "Report", "Run", "RunKey", "Stats", "Table", "Value", "ZeroShotReference",
+    "backbone_of", "base2new_delta", "base2new_overview", "base2new_table", "build_report", "comparison_pairs",
+    "dataset_key", "discover_runs", "few_shot_table", "harmonic_mean", "is_zero_shot", "match_layout",
+    "parse_log", "read_run", "read_zeroshot_csv", "run_list_table", "runs_table", "save_charts", "seed_flags",
+    "short_labels", "write_tables", "xd_table", "zero_shot_flags",
+]
