@@ -10,50 +10,17 @@ pytest.importorskip("dassl")
 
 import torch  # noqa: E402
 
-from helpers_dassl import make_dtd, tiny_cfg  # noqa: E402
-from host_project import trainers as host  # noqa: E402  (registers HostCoOp, HostIVLP, HostNoClip)
-from host_project.openai_clip import GEOMETRIES, build_clip, tokenizer  # noqa: E402
+from helpers_dassl import make_dtd  # noqa: E402
+from helpers_hosts import (BASE, HOST_GEOMETRY, TEXT_WIDTH, TINY, VISION_WIDTH, build, images,  # noqa: E402,F401
+                           random_artifact, save_artifact)
+from host_project import trainers as host  # noqa: E402  (registers the host's trainers)
+from host_project.openai_clip import build_clip, tokenizer  # noqa: E402
 
 from caspl_plugin.artifacts.boosting import ArtifactMismatchError, BoostingArtifact  # noqa: E402
-
-TINY = GEOMETRIES["host-tiny"]
-TEXT_WIDTH, VISION_WIDTH, BASE = TINY["text_width"], TINY["vision_width"], (TINY["image_size"] // TINY["patch_size"]) ** 2 + 1
-HOST_GEOMETRY = {"backbone": "host-tiny", "arch": "openai-clip", "text_width": TEXT_WIDTH, "text_depth": 3,
-                 "vision_width": VISION_WIDTH, "vision_depth": 3}
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return make_dtd(tmp_path_factory.mktemp("host_data"))
-
-
-def build(root, out, trainer, *opts):
-    """The host trainer (or ``CasPL_<host trainer>``) on the tiny DTD-layout data, 1 shot of the base classes."""
-    from dassl.engine import build_trainer
-
-    cfg = tiny_cfg(root, out, trainer, "MODEL.BACKBONE.NAME", "host-tiny", "DATASET.NUM_SHOTS", 1,
-                   "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.NO_TEST", True)
-    cfg.defrost()
-    host.extend_cfg(cfg)  # what the host's train.py does
-    cfg.merge_from_list(list(opts))
-    cfg.freeze()
-    torch.manual_seed(0)  # the host's context init
-    return build_trainer(cfg)
-
-
-def save_artifact(path, text=None, vision=None, geometry=HOST_GEOMETRY) -> str:
-    BoostingArtifact.from_group_tensors(text, vision, student=geometry).save(path)
-    return str(path)
-
-
-def random_artifact(path, text=(2, 2), vision=(2, 3), seed=0) -> str:
-    """Boosting tokens ``(depth, n)`` per encoder, large enough to change every output."""
-    g = torch.Generator().manual_seed(seed)
-    return save_artifact(path, torch.randn(*text, TEXT_WIDTH, generator=g), torch.randn(*vision, VISION_WIDTH, generator=g))
-
-
-def images(n=2, seed=1):
-    return torch.randn(n, 3, TINY["image_size"], TINY["image_size"], generator=torch.Generator().manual_seed(seed))
 
 
 # --- hand-built forward passes from the host's own modules ----------------------------------------

@@ -7,7 +7,8 @@ pops every ``TRAINER.*`` node except ``NAME`` and ``trainer.upper()`` — the pl
 Instead the ``TRAINER`` node of Dassl's defaults is *guarded*: a flag in its ``__dict__`` (copied by
 ``clone()``, so every ``get_cfg_default()`` has it) makes ``pop``/``del`` keep
 
-- the plugin's own nodes (:data:`GUARDED_NODES`), and
+- the nodes the plugin adds (:func:`guarded_nodes`: its own and the five methods' that its trainers
+  read), and
 - for ``TRAINER.NAME = CasPL_X``, ``X``'s node (``X.upper()``).
 
 Nodes popped anyway are kept aside on the node, so ``CasPL_X`` can put ``X``'s node back when a
@@ -23,18 +24,26 @@ from yacs.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
-#: the plugin's own ``TRAINER.*`` nodes, never removed from a guarded node
-GUARDED_NODES = frozenset({"CASPL", "BOOSTDISTILL", "ZEROSHOTCLIP"})
 #: ``__dict__`` keys on a guarded node: the flag, and the nodes popped from it anyway
 FLAG, REMOVED = "_caspl_guarded", "_caspl_removed"
 
 _yacs_methods: dict = {}
 
 
+def guarded_nodes() -> frozenset:
+    """The ``TRAINER.*`` nodes the plugin adds (never removed from a guarded node)."""
+    from .config import method_defaults, plugin_defaults
+
+    return frozenset(method_defaults()) | frozenset(plugin_defaults())
+
+
+_GUARDED = guarded_nodes()
+
+
 def _keeps(node: CfgNode, key) -> bool:
     if not node.__dict__.get(FLAG):
         return False
-    if key in GUARDED_NODES:
+    if key in _GUARDED:
         return True
     from .manager import CASCADE_PREFIX
 
