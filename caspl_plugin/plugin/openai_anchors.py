@@ -49,7 +49,7 @@ def _is_tower(module: nn.Module) -> bool:
 
 def _candidates(handle, trainer) -> Iterator[tuple[str, nn.Module]]:
     yield from handle.model.named_modules()
-    for name, value in vars(trainer or object()).items():
+    for name, value in (vars(trainer) if trainer is not None else {}).items():
         model = value.module if isinstance(value, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else value
         if isinstance(model, nn.Module) and model is not handle.model:
             yield from ((f"trainer.{name}" + (f".{sub}" if sub else ""), m) for sub, m in model.named_modules())
