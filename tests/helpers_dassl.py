@@ -18,14 +18,9 @@ def make_dtd(root: Path, train_per_class: int = 2, test_per_class: int = 1) -> P
     return root
 
 
-def tiny_cfg(root: Path, output_dir: Path, trainer: str, *opts, epochs: int = 1):
-    """A Dassl config for ``trainer`` on the tiny CLIPs and the DTD-layout dataset at ``root``."""
-    import caspl_plugin
-    from dassl.config import get_cfg_default
-
-    caspl_plugin.enable()
-    cfg = get_cfg_default()
-    cfg.merge_from_list([
+def tiny_options(root: Path, output_dir: Path, trainer: str, epochs: int = 1) -> list:
+    """The command-line options of a run of ``trainer`` on the tiny CLIPs and the DTD-layout data."""
+    return [
         "DATASET.NAME", "DescribableTextures", "DATASET.ROOT", str(root),
         "OUTPUT_DIR", str(output_dir), "TRAINER.NAME", trainer, "SEED", 1, "USE_CUDA", False,
         "MODEL.BACKBONE.NAME", "caspl-tiny-student",
@@ -38,7 +33,17 @@ def tiny_cfg(root: Path, output_dir: Path, trainer: str, *opts, epochs: int = 1)
         "OPTIM.WARMUP_EPOCH", 1, "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", 1e-5,
         "TRAIN.PRINT_FREQ", 100, "TRAINER.BOOSTDISTILL.TEACHER", "caspl-tiny-teacher",
         "TRAINER.BOOSTDISTILL.N_CTX_TEXT", 2, "TRAINER.BOOSTDISTILL.N_CTX_VISION", 2,
-    ])
+    ]
+
+
+def tiny_cfg(root: Path, output_dir: Path, trainer: str, *opts, epochs: int = 1):
+    """A Dassl config for ``trainer`` on the tiny CLIPs and the DTD-layout dataset at ``root``."""
+    import caspl_plugin
+    from dassl.config import get_cfg_default
+
+    caspl_plugin.enable()
+    cfg = get_cfg_default()
+    cfg.merge_from_list(tiny_options(root, output_dir, trainer, epochs))
     for node in ("COOP", "COCOOP", "IVLP", "MAPLE", "PROMPTSRC"):
         cfg.TRAINER[node].PREC = "fp32"
     cfg.TRAINER.COOP.N_CTX = 4

@@ -117,8 +117,8 @@ def test_vit_b16_configs_share_the_reference_settings(path):
     assert cfg.INPUT.PIXEL_MEAN == CLIP_MEAN and cfg.INPUT.PIXEL_STD == CLIP_STD
     assert cfg.INPUT.TRANSFORMS == ["random_resized_crop", "random_flip", "normalize"]
     assert cfg.DATALOADER.TEST.BATCH_SIZE == 100
-    for node in cfg.TRAINER.values():
-        assert node.PREC == "fp16"
+    for name, node in cfg.TRAINER.items():
+        assert name == "CASPL" or node.PREC == "fp16"
     if trainer_of(path) != "ZeroshotCLIP":
         optim = cfg.OPTIM
         assert (optim.NAME, optim.LR_SCHEDULER, optim.WARMUP_EPOCH, optim.WARMUP_TYPE, optim.WARMUP_CONS_LR) == (
@@ -182,11 +182,15 @@ OFFICIAL = {
     "CasPL_PromptSRC/vit_b16_c2_ep20_batch4_8+8ctx_l12": {
         "OPTIM.LR": 0.0025, "OPTIM.MAX_EPOCH": 20, "TRAINER.PROMPTSRC.N_CTX_TEXT": 8,
         "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT": 12, "TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT": 25,
-        "TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT": 10, "TRAINER.PROMPTSRC.GPA_MEAN": 15, "TRAINER.PROMPTSRC.GPA_STD": 1},
+        "TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT": 10, "TRAINER.PROMPTSRC.GPA_MEAN": 15, "TRAINER.PROMPTSRC.GPA_STD": 1,
+        "TRAINER.CASPL.BOOSTING_DEPTH": "method"},
     "CasPL_PromptSRC/vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12": {
-        "OPTIM.MAX_EPOCH": 50, "TRAINER.PROMPTSRC.GPA_MEAN": 30, "TRAINER.PROMPTSRC.GPA_STD": 30},
+        "OPTIM.MAX_EPOCH": 50, "TRAINER.PROMPTSRC.GPA_MEAN": 30, "TRAINER.PROMPTSRC.GPA_STD": 30,
+        "TRAINER.CASPL.BOOSTING_DEPTH": "method"},
+    # the authors' rule here: boosting trained at depth 1 gets frozen random prompts at blocks 1-2
     "CasPL_PromptSRC/vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3": {
-        "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION": 3, "TRAINER.PROMPTSRC.GPA_MEAN": 6, "TRAINER.PROMPTSRC.GPA_STD": 10},
+        "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION": 3, "TRAINER.PROMPTSRC.GPA_MEAN": 6, "TRAINER.PROMPTSRC.GPA_STD": 10,
+        "TRAINER.CASPL.BOOSTING_DEPTH": "method"},
     "CasPL_CoOp/vit_b16_ep50": {
         "OPTIM.LR": 0.002, "OPTIM.MAX_EPOCH": 50, "DATALOADER.TRAIN_X.BATCH_SIZE": 32,
         "TRAINER.COOP.N_CTX": 8, "TRAINER.COOP.CTX_INIT": "", "TRAINER.COOP.CSC": False,
@@ -211,6 +215,15 @@ OFFICIAL = {
 def test_official_values(name):
     cfg = load(CONFIGS / "trainers" / f"{name}.yaml")
     assert {key: get(cfg, key) for key in OFFICIAL[name]} == OFFICIAL[name]
+
+
+@pytest.mark.parametrize("path", TRAINER_YAML, ids=rel)
+def test_the_authors_depth_rule_only_where_their_code_has_it(path):
+    """Only the authors' CasPL_PromptSRC gives the boosting prompts the method's depth; CoOp, CoCoOp and
+    MaPLe follow the phase-1 depth (the artifact's)."""
+    cfg = load(path)
+    depth = cfg.TRAINER.get("CASPL", {}).get("BOOSTING_DEPTH", "artifact")
+    assert depth == ("method" if trainer_of(path) == "CasPL_PromptSRC" else "artifact")
 
 
 # ------------------------------------------------------------------------------------------ scripts

@@ -258,3 +258,39 @@ def test_promptsrc_resume_keeps_prompt_aggregation(data_root, tmp_path, monkeypa
         name = key.replace("__", ".")
         expected = w[0] * after_epoch1[key] + w[1] * before_apply[name]
         assert torch.allclose(value, expected, atol=1e-6)
+
+
+def test_plugin_nodes_survive_clean_cfg_and_lost_nodes_are_named(data_root, tmp_path):
+    """Dassl's clean_cfg, imported before enable(), keeps the plugin's nodes (and X's for CasPL_X);
+    where they are lost anyway, CasPL_X says so and what to do."""
+    from dassl.config import clean_cfg, get_cfg_default
+    from dassl.engine import build_trainer
+    from yacs.config import CfgNode as CN
+
+    from caspl_plugin.plugin import cfg_guard
+
+    caspl_plugin.enable()
+    cfg = get_cfg_default()
+    cfg.TRAINER.HOSTX = CN({"A": 1})
+    cfg.TRAINER.OTHER = CN({"B": 2})
+    clean_cfg(cfg, "SomethingElse")
+    assert {"CASPL", "BOOSTDISTILL", "PROMPTSRC", "COOP"} <= set(cfg.TRAINER) and "HOSTX" not in cfg.TRAINER
+    cfg.merge_from_list(["TRAINER.CASPL.BOOSTING", "x.safetensors", "TRAINER.BOOSTDISTILL.N_CTX_TEXT", 4])
+    assert cfg.clone().TRAINER.__dict__[cfg_guard.FLAG]  # clones stay guarded
+
+    named = get_cfg_default()
+    named.TRAINER.HOSTX = CN({"A": 1})
+    named.TRAINER.NAME = "CasPL_HostX"
+    del named.TRAINER["CASPL"]  # a guarded `del` keeps it too
+    clean_cfg(named, named.TRAINER.NAME)
+    assert "HOSTX" in named.TRAINER and "CASPL" in named.TRAINER  # the cascaded trainer's own node
+
+    cfg_guard.restore_node(cfg, "HOSTX")  # cleaned before TRAINER.NAME was set: CasPL_X puts it back
+    assert cfg.TRAINER.HOSTX.A == 1
+
+    lost = tiny_cfg(data_root, tmp_path, "CasPL_CoOp")
+    lost.defrost()
+    dict.pop(lost.TRAINER, "CASPL")  # removed behind the guard's back
+    lost.freeze()
+    with pytest.raises(KeyError, match=r"no TRAINER\.CASPL: it was removed .*clean_cfg.*caspl_plugin\.enable\(\).*extend_cfg"):
+        build_trainer(lost)

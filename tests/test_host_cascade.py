@@ -10,50 +10,17 @@ pytest.importorskip("dassl")
 
 import torch  # noqa: E402
 
-from helpers_dassl import make_dtd, tiny_cfg  # noqa: E402
-from host_project import trainers as host  # noqa: E402  (registers HostCoOp, HostIVLP, HostNoClip)
-from host_project.openai_clip import GEOMETRIES, build_clip, tokenizer  # noqa: E402
+from helpers_dassl import make_dtd  # noqa: E402
+from helpers_hosts import (BASE, HOST_GEOMETRY, TEXT_WIDTH, TINY, VISION_WIDTH, build, images,  # noqa: E402,F401
+                           random_artifact, save_artifact)
+from host_project import trainers as host  # noqa: E402  (registers the host's trainers)
+from host_project.openai_clip import build_clip, tokenizer  # noqa: E402
 
 from caspl_plugin.artifacts.boosting import ArtifactMismatchError, BoostingArtifact  # noqa: E402
-
-TINY = GEOMETRIES["host-tiny"]
-TEXT_WIDTH, VISION_WIDTH, BASE = TINY["text_width"], TINY["vision_width"], (TINY["image_size"] // TINY["patch_size"]) ** 2 + 1
-HOST_GEOMETRY = {"backbone": "host-tiny", "arch": "openai-clip", "text_width": TEXT_WIDTH, "text_depth": 3,
-                 "vision_width": VISION_WIDTH, "vision_depth": 3}
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return make_dtd(tmp_path_factory.mktemp("host_data"))
-
-
-def build(root, out, trainer, *opts):
-    """The host trainer (or ``CasPL_<host trainer>``) on the tiny DTD-layout data, 1 shot of the base classes."""
-    from dassl.engine import build_trainer
-
-    cfg = tiny_cfg(root, out, trainer, "MODEL.BACKBONE.NAME", "host-tiny", "DATASET.NUM_SHOTS", 1,
-                   "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.NO_TEST", True)
-    cfg.defrost()
-    host.extend_cfg(cfg)  # what the host's train.py does
-    cfg.merge_from_list(list(opts))
-    cfg.freeze()
-    torch.manual_seed(0)  # the host's context init
-    return build_trainer(cfg)
-
-
-def save_artifact(path, text=None, vision=None, geometry=HOST_GEOMETRY) -> str:
-    BoostingArtifact.from_group_tensors(text, vision, student=geometry).save(path)
-    return str(path)
-
-
-def random_artifact(path, text=(2, 2), vision=(2, 3), seed=0) -> str:
-    """Boosting tokens ``(depth, n)`` per encoder, large enough to change every output."""
-    g = torch.Generator().manual_seed(seed)
-    return save_artifact(path, torch.randn(*text, TEXT_WIDTH, generator=g), torch.randn(*vision, VISION_WIDTH, generator=g))
-
-
-def images(n=2, seed=1):
-    return torch.randn(n, 3, TINY["image_size"], TINY["image_size"], generator=torch.Generator().manual_seed(seed))
 
 
 # --- hand-built forward passes from the host's own modules ----------------------------------------
@@ -325,3 +292,82 @@ def test_learnable_boosting_ablation_trains_through_the_hooks(data_root, tmp_pat
     for _ in range(2):  # a second step re-reads the (updated) tokens
         trainer.forward_backward(batch)
     assert all(not torch.equal(before[k], v) for k, v in group.state_dict().items())
+
+
+# --- the authors' depth rule (TRAINER.CASPL.BOOSTING_DEPTH method) ----------------------------------
+
+def authors_layout(trained, depth, width, generator):
+    """By hand: ``depth`` rows of N(0, 0.02) from ``generator``, the trained rows copied over the first ones."""
+    fill = torch.empty(depth, trained.shape[1], width).normal_(0.0, 0.02, generator=generator)
+    rows = min(depth, trained.shape[0])
+    fill[:rows] = trained[:rows]
+    return fill
+
+
+def test_method_depth_places_the_authors_layout_in_a_host(data_root, tmp_path):
+    """Boosting trained at depth 1 (the domain-generalisation route) into an IVLP fork of depth 3: rows
+    1-2 are frozen seeded N(0, 0.02) tokens; the forward equals the hand-built one with that layout."""
+    g = torch.Generator().manual_seed(6)
+    text, vision = torch.randn(1, 2, TEXT_WIDTH, generator=g), torch.randn(1, 3, VISION_WIDTH, generator=g)
+    path = save_artifact(tmp_path / "shallow.safetensors", text, vision)
+    opts = ("TRAINER.HOSTIVLP.PROMPT_DEPTH_TEXT", 3, "TRAINER.HOSTIVLP.PROMPT_DEPTH_VISION", 3, "TRAINER.CASPL.BOOSTING", path,
+            "TRAINER.CASPL.BOOSTING_DEPTH", "method", "TRAINER.CASPL.BOOSTING_SEED", 7)
+    trainer = build(data_root, tmp_path / "m", "CasPL_HostIVLP", *opts)
+    seeded = torch.Generator().manual_seed(7)
+    expected_text = authors_layout(text, 3, TEXT_WIDTH, seeded)  # text first, then vision (documented order)
+    expected_vision = authors_layout(vision, 3, VISION_WIDTH, seeded)
+    group = trainer.boosting_group
+    assert torch.equal(group.text.detach(), expected_text) and torch.equal(group.vision.detach(), expected_vision)
+    assert not group.learnable and abs(float(group.text[1:].std()) - 0.02) < 0.01
+    model, pixels = trainer.model, images()
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_encoder(pixels), hand_image(model.image_encoder, pixels, expected_vision))
+        torch.testing.assert_close(model.text_encoder(model.prompt_learner(), model.tokenized_prompts),
+                                   hand_text(model.text_encoder, model.prompt_learner, expected_text, host_eot(trainer, 2) + 2))
+        artifact_depth = build(data_root, tmp_path / "a", "CasPL_HostIVLP", *opts[:-4])
+        assert artifact_depth.boosting_group.text.shape[0] == 1
+        assert not torch.allclose(artifact_depth.model(pixels), model(pixels))
+    # the fill is part of what was trained with: another seed is refused on reload
+    trainer.save_model(0, str(tmp_path / "m"))
+    other_seed = build(data_root, tmp_path / "o", "CasPL_HostIVLP", *opts[:-1], 8)
+    with pytest.raises(ArtifactMismatchError, match="BOOSTING_DEPTH / BOOSTING_SEED"):
+        other_seed.load_model(str(tmp_path / "m"), epoch=1)
+
+
+def test_method_depth_drops_trained_layers_below_the_hosts_depth(data_root, tmp_path):
+    g = torch.Generator().manual_seed(8)
+    text, vision = torch.randn(3, 2, TEXT_WIDTH, generator=g), torch.randn(3, 3, VISION_WIDTH, generator=g)
+    trainer = build(data_root, tmp_path, "CasPL_HostIVLP", "TRAINER.CASPL.BOOSTING", save_artifact(tmp_path / "deep.safetensors", text, vision),
+                    "TRAINER.CASPL.BOOSTING_DEPTH", "method")  # the host's depth is 2
+    group = trainer.boosting_group
+    assert torch.equal(group.text.detach(), text[:2]) and torch.equal(group.vision.detach(), vision[:2])
+    coop = build(data_root, tmp_path / "c", "CasPL_HostCoOp", "TRAINER.CASPL.BOOSTING", str(tmp_path / "deep.safetensors"),
+                 "TRAINER.CASPL.BOOSTING_DEPTH", "method")  # no deep prompts of its own: the artifact's depth
+    assert torch.equal(coop.boosting_group.text.detach(), text)
+
+
+def test_missing_or_bad_artifact_fails_before_the_host_builds_anything(data_root, tmp_path, monkeypatch):
+    from caspl_plugin.artifacts.store import ArtifactError, save_artifact as save_raw
+
+    built = []
+    monkeypatch.setattr(host.HostCoOp, "build_clip", lambda self: built.append("clip"))
+    from dassl.engine.trainer import SimpleTrainer
+
+    monkeypatch.setattr(SimpleTrainer, "build_data_loader", lambda self: built.append("data"))
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    save_raw(tmp_path / "classifier.safetensors", {"w": torch.zeros(2)}, {"format": "caspl-classifier", "format_version": 1})
+    good = random_artifact(tmp_path / "good.safetensors")
+    tampered = tmp_path / "tampered.safetensors"
+    data = bytearray((tmp_path / "good.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    cases = [(tmp_path / "missing.safetensors", FileNotFoundError, "no boosting artifact"),
+             (tmp_path / "garbage.safetensors", ArtifactError, "not a safetensors file"),
+             (tmp_path / "classifier.safetensors", ArtifactError, "'caspl-classifier' artifact"),
+             (tampered, ArtifactError, "TRAINER.CASPL.BOOSTING")]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            build(data_root, tmp_path, "CasPL_HostCoOp", "TRAINER.CASPL.BOOSTING", str(path))
+    with pytest.raises(ValueError, match="BOOSTING_DEPTH"):
+        build(data_root, tmp_path, "CasPL_HostCoOp", "TRAINER.CASPL.BOOSTING", good, "TRAINER.CASPL.BOOSTING_DEPTH", "deepest")
+    assert built == []

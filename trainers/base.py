@@ -87,11 +87,18 @@ def load_backbone(cfg, name: str = "", weights: str = ""):
 
 
 def precision_of(node) -> str:
-    """Map the anchors' ``PREC`` (fp16 | amp | fp32) to ours: weights stay fp32, fp16/amp = autocast."""
-    prec = str(node.get("PREC", "fp32")).lower()
-    if prec not in ("fp16", "amp", "fp32"):
-        raise ValueError(f"PREC must be fp16, amp or fp32, got {prec!r}")
-    return "fp32" if prec == "fp32" else "amp"
+    """``PREC`` of a trainer node in the package's vocabulary (:data:`caspl_plugin.engine.PRECISIONS`).
+
+    ``fp32``, ``amp``, ``bf16`` and ``fp16`` are accepted (any case). Weights stay fp32 and the others
+    run under autocast; ``fp16`` — the anchors' GPU half precision, which their configs name — is
+    ``amp`` (float16 on CUDA, bfloat16 on CPU, where float16 autocast is not a training setting).
+    """
+    from caspl_plugin.engine import PRECISIONS
+
+    prec = str(node.get("PREC", "fp32")).strip().lower()
+    if prec not in PRECISIONS:
+        raise ValueError(f"PREC must be one of {', '.join(PRECISIONS)}, got {node.get('PREC')!r}")
+    return "amp" if prec == "fp16" else prec
 
 
 class PromptTrainer(TrainerX):

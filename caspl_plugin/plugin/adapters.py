@@ -30,6 +30,16 @@ class ClipAdapter:
         """Place ``group`` (frozen unless the trainer asked otherwise) into the handle's CLIP."""
         raise NotImplementedError
 
+    def prompt_depth(self, handle) -> Optional[tuple[int, int]]:
+        """``(text, vision)`` depth of the host method's own deep prompts (for ``BOOSTING_DEPTH method``);
+        None when the method has none (CoOp, CoCoOp): the artifact's depth is kept."""
+        return None
+
+    def attach_anchor(self, handle, group: PromptGroup, trainer) -> list[str]:
+        """Place ``group`` into the host's frozen anchor CLIP(s) (``TRAINER.CASPL.ANCHOR boosted``);
+        returns what was boosted (empty: no anchor found)."""
+        return []
+
 
 class PromptModelAdapter(ClipAdapter):
     """This package's own models (:class:`~caspl_plugin.methods.PromptModel` on open_clip)."""
@@ -47,3 +57,12 @@ class PromptModelAdapter(ClipAdapter):
 
     def attach(self, handle, group: PromptGroup, trainer) -> None:
         handle.attach_boosting(group, learnable=any(p.requires_grad for p in group.parameters()))
+
+    def prompt_depth(self, handle):
+        from ..methods.cascade import method_prompt_depth
+
+        return method_prompt_depth(handle)
+
+    def attach_anchor(self, handle, group: PromptGroup, trainer) -> list[str]:
+        # the method's own anchor (PromptSRC) follows TRAINER.CASPL.ANCHOR through its constructor
+        return [f"{type(handle).__name__}'s own anchor"] if getattr(handle, "anchor", None) == "boosted" else []

@@ -4,24 +4,30 @@ The wrapper builds ``X`` exactly as ``X`` defines it, then — after ``X.build_m
 boosting artifact named by ``TRAINER.CASPL.BOOSTING``, finds ``X``'s CLIP with a
 :class:`~caspl_plugin.plugin.adapters.ClipAdapter`, checks the artifact against it and attaches the
 group. ``X``'s optimizer, losses, checkpoints and evaluation are untouched: the boosting tensors are
-never in ``X``'s optimizer. A small registered record carries the artifact's hash through Dassl's own
-checkpoints, so reloading with a different artifact is refused.
+never in ``X``'s optimizer. A small registered record carries the artifact's hash (with the depth rule
+and seed when ``BOOSTING_DEPTH method``) through Dassl's own checkpoints, so reloading with different
+boosting prompts is refused. The artifact is checked in ``check_cfg``, before ``X`` builds anything;
+one summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``).
 """
 from __future__ import annotations
 
 import logging
 import os.path as osp
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..artifacts.boosting import ArtifactMismatchError, BoostingArtifact
+from ..artifacts.store import ArtifactError
 from .config import BOOSTING_FILE
 
 logger = logging.getLogger(__name__)
 
 #: Dassl model name of the artifact record (its checkpoint folder under OUTPUT_DIR)
 RECORD = "caspl_boosting"
+#: ``TRAINER.CASPL.ANCHOR``: the regularisers' anchor is the vanilla CLIP, or CLIP + boosting prompts
+ANCHORS = ("clip", "boosted")
 
 
 class BoostingRecord(nn.Module):
@@ -38,7 +44,7 @@ class BoostingRecord(nn.Module):
             raise ArtifactMismatchError(
                 f"This checkpoint was trained with boosting artifact {bytes(saved.tolist()).hex()[:16]}..., but "
                 f"{self.path} ({bytes(self.sha256.tolist()).hex()[:16]}...) is attached; set TRAINER.CASPL.BOOSTING "
-                "to the artifact used for training"
+                "(and BOOSTING_DEPTH / BOOSTING_SEED) to what was used for training"
             )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
@@ -84,44 +90,126 @@ def find_adapter(trainer):
     )
 
 
-def attach_boosting(trainer) -> BoostingRecord:
-    """Load, check and attach the configured boosting prompts to a built trainer."""
+def check_cascade_cfg(cfg, trainer_name: str) -> BoostingArtifact:
+    """Checks made before the host builds anything: the plugin's nodes, the cascade options, and the
+    artifact (exists, readable, a boosting artifact, its hash). Returns the loaded artifact."""
+    from ..methods.cascade import check_boosting_depth
+    from .cfg_guard import require_nodes
+
+    require_nodes(cfg, ["CASPL"], trainer_name)
+    node = cfg.TRAINER.CASPL
+    require_keys = [k for k in ("BOOSTING", "LEARNABLE_BOOSTING", "ANCHOR", "BOOSTING_DEPTH", "BOOSTING_SEED") if k not in node]
+    if require_keys:
+        raise KeyError(f"{trainer_name}: TRAINER.CASPL lacks {require_keys}; call caspl_plugin.plugin.extend_cfg(cfg)")
+    try:
+        check_boosting_depth(node.BOOSTING_DEPTH)
+    except ValueError as error:
+        raise ValueError(f"TRAINER.CASPL.BOOSTING_DEPTH: {error}") from None
+    if node.ANCHOR not in ANCHORS:
+        raise ValueError(f"TRAINER.CASPL.ANCHOR must be one of {ANCHORS}, got {node.ANCHOR!r}")
+    path = boosting_path(cfg)
+    try:
+        return BoostingArtifact.load(path)
+    except ArtifactError as error:
+        raise ArtifactError(f"TRAINER.CASPL.BOOSTING: {error}") from error
+    except Exception as error:  # unreadable file, not safetensors, ...
+        raise ArtifactError(f"TRAINER.CASPL.BOOSTING: cannot read a boosting artifact from {path}: {error}") from error
+
+
+def _learnable_count(trainer, group) -> int:
+    """Parameters in the host's optimizers (what the host trains), the boosting group's excluded."""
+    boosting = {id(p) for p in group.parameters()}
+    seen = set()
+    for optim in getattr(trainer, "_optims", {}).values():
+        for param_group in getattr(optim, "param_groups", []) if optim is not None else []:
+            seen.update((id(p), p.numel()) for p in param_group["params"] if id(p) not in boosting)
+    return sum(n for _, n in seen)
+
+
+def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> BoostingRecord:
+    """Check and attach the configured boosting prompts to a built trainer (``artifact``: already loaded)."""
     from ..methods.cascade import boosting_group_from_artifact
 
     cfg = trainer.cfg
+    node = cfg.TRAINER.CASPL
     path = boosting_path(cfg)
-    artifact = BoostingArtifact.load(path)
+    if artifact is None:
+        artifact = BoostingArtifact.load(path)
     adapter, handle = find_adapter(trainer)
-    learnable = bool(cfg.TRAINER.CASPL.LEARNABLE_BOOSTING)
-    group = boosting_group_from_artifact(artifact, adapter.geometry(handle), learnable=learnable).to(trainer.device)
+    learnable = bool(node.LEARNABLE_BOOSTING)
+    method_depth = None
+    if node.BOOSTING_DEPTH == "method":
+        method_depth = adapter.prompt_depth(handle)
+        if method_depth is None:
+            logger.info("CasPL: BOOSTING_DEPTH method: %s has no deep prompts of its own; keeping the artifact's depth", adapter.name)
+    group = boosting_group_from_artifact(artifact, adapter.geometry(handle), learnable=learnable,
+                                         method_depth=method_depth, seed=int(node.BOOSTING_SEED)).to(trainer.device)
     adapter.attach(handle, group, trainer)
+    anchors: list[str] = []
+    if node.ANCHOR == "boosted":
+        anchors = adapter.attach_anchor(handle, group, trainer)
+        if not anchors:
+            raise ValueError(
+                f"TRAINER.CASPL.ANCHOR boosted: {adapter.name} found no frozen anchor CLIP in {type(trainer).__name__} "
+                "to place the boosting prompts into; set TRAINER.CASPL.ANCHOR clip"
+            )
     trainer.boosting_group = group
     if learnable:  # the paper's ablation: the boosting prompts get their own optimizer
         from dassl.optim import build_lr_scheduler, build_optimizer
 
         optim = build_optimizer(group, cfg.OPTIM)
         trainer.register_model("boosting", group, optim, build_lr_scheduler(optim, cfg.OPTIM))
-    record = BoostingRecord(artifact.content_sha256, path).to(trainer.device)
+    record = BoostingRecord(group.placement_sha256, path).to(trainer.device)
     trainer.register_model(RECORD, record, None, None)
-    spec = group.spec
-    logger.info(
-        "CasPL: attached %s (%d+%d tokens, depth %d/%d, %s) to %s via %s",
-        path, spec.n_text, spec.n_vision, spec.depth_text, spec.depth_vision,
-        "learnable" if learnable else "frozen", type(trainer).__name__, adapter.name,
-    )
+    print(summary_line(trainer, adapter, group, artifact, path, anchors), flush=True)  # Dassl's log.txt
     return record
 
 
+def summary_line(trainer, adapter, group, artifact, path, anchors) -> str:
+    """The one line recording the cascade in Dassl's log."""
+    spec = group.spec
+    placed = []
+    for encoder, n, depth, trained in (("text", spec.n_text, spec.depth_text, artifact.depth_text),
+                                       ("vision", spec.n_vision, spec.depth_vision, artifact.depth_vision)):
+        placed.append(f"{encoder} {n} tokens x depth {depth}" + (f" (trained {trained})" if n and depth != trained else ""))
+    frozen = sum(p.numel() for p in group.parameters() if not p.requires_grad)
+    node = trainer.cfg.TRAINER.CASPL
+    return (
+        f"CasPL: {type(trainer).__name__} via {adapter.name}: boosting {path} (sha256 {artifact.content_sha256[:16]}); "
+        f"placed {', '.join(placed)}; depth rule {node.BOOSTING_DEPTH}; "
+        f"{frozen} frozen / {group_numel(group) - frozen} learnable boosting parameters; "
+        f"anchor {node.ANCHOR}" + (f" ({'; '.join(anchors)})" if anchors else "") + "; "
+        f"host learnable parameters {_learnable_count(trainer, group)}"
+    )
+
+
+def group_numel(group) -> int:
+    return sum(p.numel() for p in group.parameters())
+
+
 def make_cascade_trainer(base: type) -> type:
-    """``CasPL_<base>``: ``base`` with the configured boosting prompts attached after it is built."""
+    """``CasPL_<base>``: ``base`` with the configured boosting prompts attached after it is built.
+
+    ``check_cfg`` (run by Dassl before the data and the model are built) puts back ``base``'s config
+    node if a host's ``clean_cfg`` removed it and checks the artifact, so a bad
+    ``TRAINER.CASPL.BOOSTING`` fails before the host loads its CLIP.
+    """
+    from .cfg_guard import restore_node
     from .manager import CASCADE_PREFIX
+
+    name = CASCADE_PREFIX + base.__name__
+
+    def check_cfg(self, cfg):
+        restore_node(cfg, base.__name__.upper())
+        self._caspl_artifact = check_cascade_cfg(cfg, name)
+        base.check_cfg(self, cfg)
 
     def build_model(self):
         base.build_model(self)
-        attach_boosting(self)
+        attach_boosting(self, getattr(self, "_caspl_artifact", None))
 
-    name = CASCADE_PREFIX + base.__name__
     return type(name, (base,), {
+        "check_cfg": check_cfg,
         "build_model": build_model,
         "__module__": __name__,
         "__doc__": f"{base.__name__} with frozen CasPL boosting prompts (TRAINER.CASPL.BOOSTING) cascaded in.",

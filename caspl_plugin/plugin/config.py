@@ -6,7 +6,10 @@ YAML files and command-line overrides work unchanged — and a host project that
 nodes itself keeps working. The plugin's own nodes:
 
 ``TRAINER.CASPL``        the cascade (phase 2): ``BOOSTING`` artifact path, ``LEARNABLE_BOOSTING``
-                         (the paper's ablation), ``ANCHOR`` for PromptSRC (``clip`` = vanilla CLIP, the authors' code | ``boosted``)
+                         (the paper's ablation), ``ANCHOR`` of PromptSRC and of host regularisers
+                         (``clip`` = vanilla CLIP, the authors' code | ``boosted``), ``BOOSTING_DEPTH``
+                         (``artifact`` | ``method``: the authors' PromptSRC rule) and ``BOOSTING_SEED``
+                         (its random fill; see caspl_plugin.methods.cascade)
 ``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path
 ``MODEL.BACKBONE.WEIGHTS`` / ``WEIGHTS_DIR``   where CLIP weights come from (see caspl_plugin.clip)
 """
@@ -42,7 +45,7 @@ def method_defaults() -> dict[str, CN]:
 def plugin_defaults() -> dict[str, CN]:
     """``TRAINER.<NODE>`` defaults of the plugin's own trainers."""
     return {
-        "CASPL": _node(BOOSTING="", LEARNABLE_BOOSTING=False, ANCHOR="clip"),
+        "CASPL": _node(BOOSTING="", LEARNABLE_BOOSTING=False, ANCHOR="clip", BOOSTING_DEPTH="artifact", BOOSTING_SEED=0),
         "BOOSTDISTILL": _node(
             N_CTX_TEXT=8, N_CTX_VISION=8, PROMPT_DEPTH_TEXT=12, PROMPT_DEPTH_VISION=12,
             CTX_INIT="a photo of a", TEACHER="ViT-L/14", TEACHER_WEIGHTS="", TEMPLATE="",

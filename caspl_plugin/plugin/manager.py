@@ -8,7 +8,8 @@ That registers the plugin's trainers and datasets into Dassl (names the host alr
 stay the host's), adds the plugin's config keys to Dassl's defaults (so the host's own
 ``get_cfg_default()`` has them), applies the Dassl compatibility layer
 (:mod:`caspl_plugin.plugin.dassl_compat`; ``CASPL_DASSL_COMPAT=0`` turns it off) and makes
-``--trainer CasPL_<X>`` resolve for every registered trainer ``X``. Calling it twice is harmless.
+``--trainer CasPL_<X>`` resolve for every registered trainer ``X``. The plugin's config nodes survive
+a host's ``clean_cfg`` (:mod:`caspl_plugin.plugin.cfg_guard`). Calling it twice is harmless.
 """
 from __future__ import annotations
 
@@ -84,12 +85,13 @@ def enable(compat: Optional[bool] = None) -> dict:
             "caspl_plugin.enable() needs Dassl (KaiyangZhou/Dassl.pytorch), which is not importable: "
             f"{error}. Install Dassl first; the rest of caspl_plugin works without it."
         ) from error
-    from . import dassl_compat
+    from . import cfg_guard, dassl_compat
 
     if compat is not False:
         dassl_compat.apply()
     manager = get_plugin_manager()
     manager.hook.caspl_extend_config(cfg=dassl.config.defaults._C)
+    cfg_guard.guard(dassl.config.defaults._C)  # the plugin's nodes survive a host's clean_cfg
     _state["registered_trainers"] += _register(TRAINER_REGISTRY, _flatten(manager.hook.caspl_dassl_trainers()), "Trainer")
     _state["registered_datasets"] += _register(DATASET_REGISTRY, _flatten(manager.hook.caspl_dassl_datasets()), "Dataset")
     _install_cascade_resolution(TRAINER_REGISTRY)

@@ -73,6 +73,20 @@ def _deep_prompt_counts(encoder: nn.Module) -> set[int]:
     return counts
 
 
+def _host_depth(model: nn.Module, family: str) -> Optional[tuple[int, int]]:
+    """``(text, vision)`` depth of an IVLP/MaPLe fork's own prompts: layer 0 plus the deep blocks."""
+    if family == "MaPLe":
+        deep = getattr(model.prompt_learner, "compound_prompts_text", None)
+        depth = 1 + len(deep) if deep is not None else 1
+        return depth, depth
+    if family == "IVLP":
+        def depth(encoder):
+            return 1 + sum(isinstance(getattr(b, "VPT_shallow", None), nn.Parameter) for b in _blocks(encoder))
+
+        return depth(model.text_encoder), depth(model.image_encoder)
+    return None
+
+
 def _class_names(trainer, model) -> list[str]:
     names = getattr(model.prompt_learner, "classnames", None)
     if names is None:
@@ -90,6 +104,8 @@ class OpenAIClipHandle:
     n_text: int  #: the host's context tokens right after SOS (``prompt_learner.n_ctx``)
     n_vision: int  #: the host's vision prompts appended after ``[CLS][patches]``
     class_names: Sequence[str] = ()
+    #: ``(text, vision)`` depth of the host's own deep prompts; None for CoOp/CoCoOp hosts
+    depth: Optional[tuple[int, int]] = None
 
     @property
     def vision_base_length(self) -> int:
@@ -163,16 +179,17 @@ class BoostingHooks:
         if getattr(self.handle.model, ATTACHED, None) is self:
             delattr(self.handle.model, ATTACHED)
 
-    def _values(self, encoder: str, layer: int) -> Tensor:
-        """The group's tokens for ``layer`` of ``encoder``, read at call time (follows ``.to()`` and updates)."""
-        return getattr(self.group, encoder)[layer]
+    def _values(self, encoder: str, layer: int, like: Tensor) -> Tensor:
+        """The group's tokens for ``layer`` of ``encoder``, read at call time (follows ``.to()`` and updates),
+        on ``like``'s device (a ``DataParallel`` replica's)."""
+        return getattr(self.group, encoder)[layer].to(like.device)
 
     def _hook_text_layer0(self) -> None:
         """The prompt learner's output ``[..., L, W]`` gets the layer-0 tokens, keeping ``L``."""
         at = self.text_start
 
         def insert(prompts: Tensor) -> Tensor:
-            return insert_tokens(prompts, at, self._values("text", 0))
+            return insert_tokens(prompts, at, self._values("text", 0, prompts))
 
         self.hooks.append(self.handle.model.prompt_learner.register_forward_hook(_output_hook(insert)))
 
@@ -188,7 +205,7 @@ class BoostingHooks:
                     f"{handle.vision_base_length - 1} patches + {handle.n_vision} host prompts), got {x.shape[-2]}: "
                     "this vision tower builds its sequence differently; write a ClipAdapter for it"
                 )
-            return insert_tokens(x, at, self._values("vision", 0), keep_length=False)
+            return insert_tokens(x, at, self._values("vision", 0, x), keep_length=False)
 
         self.hooks.append(handle.model.image_encoder.ln_pre.register_forward_pre_hook(_input_hook(insert)))
 
@@ -198,7 +215,7 @@ class BoostingHooks:
         positions = range(at, at + n)
 
         def replacer(i: int) -> Callable[[Tensor], Tensor]:
-            return lambda x: place_tokens(x, positions, self._values(encoder, i), seq_first=True)
+            return lambda x: place_tokens(x, positions, self._values(encoder, i, x), seq_first=True)
 
         for i in range(1, depth):
             self.hooks.append(blocks[i].register_forward_pre_hook(_input_hook(replacer(i))))
@@ -246,7 +263,16 @@ class _OpenAIClipAdapter(ClipAdapter):
         family, n_vision = found
         cfg = getattr(trainer, "cfg", None)
         backbone = str(cfg.MODEL.BACKBONE.NAME) if cfg is not None else type(model.image_encoder).__name__
-        return OpenAIClipHandle(model, backbone, family, int(model.prompt_learner.n_ctx), n_vision, _class_names(trainer, model))
+        return OpenAIClipHandle(model, backbone, family, int(model.prompt_learner.n_ctx), n_vision,
+                                _class_names(trainer, model), _host_depth(model, family))
+
+    def prompt_depth(self, handle: OpenAIClipHandle) -> Optional[tuple[int, int]]:
+        return handle.depth
+
+    def attach_anchor(self, handle: OpenAIClipHandle, group: PromptGroup, trainer=None) -> list[str]:
+        from .openai_anchors import attach_anchor_boosting
+
+        return attach_anchor_boosting(handle, group, trainer)
 
     def geometry(self, handle: OpenAIClipHandle) -> dict:
         vision, text = handle.model.image_encoder, handle.model.text_encoder

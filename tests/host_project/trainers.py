@@ -1,6 +1,11 @@
 """The host's Dassl trainers, CoOp-style: a prompt learner, a text encoder pooling at the argmax of
 the token ids, a ``CustomCLIP`` and a trainer with its own loss. ``HostIVLP`` is the IVLP-fork
-variant (deep prompts inside the CLIP's blocks); ``HostNoClip`` has no CLIP at all."""
+variant (deep prompts inside the CLIP's blocks); ``HostNoClip`` has no CLIP at all.
+
+More host layouts: ``HostAnchored`` regularises against its own frozen zero-shot CLIP (hand-crafted
+text features and frozen image features, computed in the loss), ``HostParallel`` wraps its model in
+``DataParallel`` after registering the prompt learner, and :func:`colliding_coop` makes a host
+trainer named ``CoOp`` (a name the plugin also uses) — registered by the test that needs it."""
 from __future__ import annotations
 
 import torch
@@ -21,6 +26,9 @@ def extend_cfg(cfg):
     cfg.TRAINER.HOSTCOOP = CN(dict(N_CTX=4, CTX_INIT="", CLASS_TOKEN_POSITION="end", PREC="fp32"))
     cfg.TRAINER.HOSTIVLP = CN(dict(N_CTX_TEXT=2, N_CTX_VISION=2, PROMPT_DEPTH_TEXT=2, PROMPT_DEPTH_VISION=2,
                                    CTX_INIT="", PREC="fp32"))
+    cfg.TRAINER.HOSTANCHORED = CN(dict(N_CTX=4, CTX_INIT="", CLASS_TOKEN_POSITION="end", PREC="fp32",
+                                       TEXT_WEIGHT=8.0, IMAGE_WEIGHT=8.0, TEMPLATE="a photo of a {}."))
+    cfg.TRAINER.HOSTPARALLEL = CN(dict(N_CTX=4, CTX_INIT="", CLASS_TOKEN_POSITION="end", PREC="fp32"))
     return cfg
 
 
@@ -99,18 +107,21 @@ class HostCoOp(TrainerX):
         return build_clip(self.cfg.MODEL.BACKBONE.NAME)
 
     def prompt_options(self) -> dict:
-        node = self.cfg.TRAINER.HOSTCOOP
+        node = self.cfg.TRAINER[self.NODE]
         return dict(n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, class_token_position=node.CLASS_TOKEN_POSITION)
 
     def build_model(self):
         clip_model = self.build_clip()
         if self.cfg.TRAINER[self.NODE].PREC == "fp16":
             to_fp16(clip_model)
-        self.model = CustomCLIP(self.dm.dataset.classnames, clip_model, **self.prompt_options())
+        self.model = self.custom_clip(clip_model)
         for name, param in self.model.named_parameters():
             param.requires_grad_(self.is_learnable(name))
         self.model.to(self.device)
         self.register_learnable()
+
+    def custom_clip(self, clip_model):
+        return CustomCLIP(self.dm.dataset.classnames, clip_model, **self.prompt_options())
 
     def is_learnable(self, name: str) -> bool:
         return "prompt_learner" in name
@@ -164,6 +175,76 @@ class HostIVLP(HostCoOp):
         self.optim = build_optimizer(self.model, self.cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
         self.register_model("VLPromptLearner", self.model, self.optim, self.sched)
+
+
+class AnchoredCLIP(CustomCLIP):
+    """A ``CustomCLIP`` with its own frozen zero-shot CLIP (same weights) as the regulariser's anchor."""
+
+    def __init__(self, classnames, clip_model, anchor_clip, template: str, **prompt_options):
+        super().__init__(classnames, clip_model, **prompt_options)
+        self.zs_clip = anchor_clip.requires_grad_(False)
+        tokenize = tokenizer(anchor_clip.context_length)
+        self.register_buffer("anchor_tokens", tokenize([template.format(n.replace("_", " ")) for n in classnames]))
+
+    def features(self, image):
+        image_features = self.image_encoder(image.to(self.dtype))
+        text_features = self.text_encoder(self.prompt_learner(), self.tokenized_prompts)
+        return F.normalize(image_features.float(), dim=-1), F.normalize(text_features.float(), dim=-1)
+
+    @torch.no_grad()
+    def anchor_features(self, image):
+        image_features = self.zs_clip.encode_image(image)
+        text_features = self.zs_clip.encode_text(self.anchor_tokens)
+        return F.normalize(image_features.float(), dim=-1), F.normalize(text_features.float(), dim=-1)
+
+
+@TRAINER_REGISTRY.register()
+class HostAnchored(HostCoOp):
+    """CoOp with a PromptSRC-style regulariser: L1 to the frozen zero-shot CLIP's text and image features."""
+
+    NODE = "HOSTANCHORED"
+
+    def custom_clip(self, clip_model):
+        node = self.cfg.TRAINER.HOSTANCHORED
+        anchor = build_clip(self.cfg.MODEL.BACKBONE.NAME)  # the same frozen weights, loaded again
+        return AnchoredCLIP(self.dm.dataset.classnames, clip_model, anchor, node.TEMPLATE, **self.prompt_options())
+
+    def is_learnable(self, name: str) -> bool:
+        return "prompt_learner" in name and "zs_clip" not in name
+
+    def regulariser(self, image, image_features, text_features):
+        node = self.cfg.TRAINER.HOSTANCHORED
+        anchor_image, anchor_text = self.model.anchor_features(image)
+        return (node.TEXT_WEIGHT * F.l1_loss(text_features, anchor_text)
+                + node.IMAGE_WEIGHT * F.l1_loss(image_features, anchor_image))
+
+    def forward_backward(self, batch):
+        image, label = batch["img"].to(self.device), batch["label"].to(self.device)
+        image_features, text_features = self.model.features(image)
+        output = self.model.logit_scale.exp() * image_features @ text_features.t()
+        regulariser = self.regulariser(image, image_features, text_features)
+        loss = self.compute_loss(output, label) + regulariser
+        self.model_backward_and_update(loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item(), "regulariser": regulariser.item(), "acc": compute_accuracy(output, label)[0].item()}
+
+
+@TRAINER_REGISTRY.register()
+class HostParallel(HostCoOp):
+    """CoOp as Dassl's trainers write it for several GPUs: the model is wrapped in ``DataParallel``."""
+
+    NODE = "HOSTPARALLEL"
+
+    def build_model(self):
+        super().build_model()
+        self.model = nn.DataParallel(self.model)
+
+
+def colliding_coop() -> type:
+    """A host trainer named ``CoOp`` — the name of one of the plugin's trainers (not registered here)."""
+    return type("CoOp", (HostCoOp,), {"NODE": "COOP", "__module__": __name__,
+                                       "__doc__": "The host's own CoOp, reading TRAINER.COOP."})
 
 
 @TRAINER_REGISTRY.register()
