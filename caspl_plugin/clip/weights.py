@@ -3,7 +3,8 @@
 :func:`resolve_weights` picks the source:
 
 1. ``weights="random"``: random initialisation.
-2. ``weights=<file>``: an OpenAI TorchScript ``.pt`` (as CoOp keeps them; read with ``torch.jit.load``),
+2. ``weights=<file>``: an OpenAI TorchScript ``.pt`` (as CoOp keeps them; read as data by
+   :func:`caspl_plugin.artifacts.checkpoint_reader.read_torchscript`, its code is never run),
    an OpenAI or open_clip state dict (``torch.load(weights_only=True)``; ``{"state_dict": ...}``
    wrappers and ``module.`` prefixes are accepted) or a ``.safetensors`` state dict.
    ``weights=<directory>`` is searched like ``weights_dir``.
@@ -19,7 +20,7 @@ once instead of after huggingface_hub's retries.
 
 OpenAI's weights were trained with QuickGELU. :func:`read_weights` records what a file says about
 its activation (``WeightsSource.quick_gelu``) from its content, never from its name: TorchScript
-archives carry their activation modules, OpenAI state dicts carry ``input_resolution`` /
+archives name their activation modules' classes in their pickles, OpenAI state dicts carry ``input_resolution`` /
 ``context_length`` / ``vocab_size`` entries, tags carry open_clip's ``quick_gelu`` flag.
 """
 from __future__ import annotations
@@ -307,10 +308,15 @@ def _read_file(path: Path) -> tuple[Mapping, Optional[bool]]:
 
         return load_file(str(path)), None
     if is_torchscript(path):
-        archive = torch.jit.load(str(path), map_location="cpu")
-        module_types = {getattr(m, "original_name", "") for m in archive.modules()}
+        from ..artifacts.checkpoint_reader import CheckpointError, read_torchscript
+
+        try:
+            archive = read_torchscript(path)
+        except CheckpointError as err:
+            raise IncompatibleWeightsError(f"{path} cannot be read as an OpenAI TorchScript CLIP: {err}") from err
+        module_types = archive.class_names
         activation = True if "QuickGELU" in module_types else (False if "GELU" in module_types else None)
-        return archive.state_dict(), activation
+        return archive.state_dict, activation
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # UnpicklingError for pickled objects, RuntimeError for corrupt files
