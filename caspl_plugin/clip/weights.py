@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import importlib
 import difflib
+import hashlib
 import logging
 import os
 import socket
@@ -392,3 +393,42 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
             f"{len(missing)} missing key(s) [{listing(missing)}], {len(unexpected)} unexpected key(s) "
             f"[{listing(unexpected)}]. Check that the model name matches the weights."
         )
+
+
+# --- digests: what a saved classifier records about its weights ------------------------------------
+
+_DIGEST_CHUNK = 8 * 2**20
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file, read in chunks; cached per (real path, size, mtime) for this process."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_cache:
+        digest = hashlib.sha256()
+        with open(real, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_DIGEST_CHUNK), b""):
+                digest.update(chunk)
+        _digest_cache[key] = digest.hexdigest()
+    return _digest_cache[key]
+
+
+def package_weights_file(name: str) -> Optional[Path]:
+    """The file a package model's default weights are read from, when the package ships one."""
+    from caspl_plugin.toy.weights import TOY_MODELS, weights_path
+
+    return weights_path(name) if name in TOY_MODELS else None
+
+
+def weights_digest(source: WeightsSource) -> Optional[str]:
+    """The digest a classifier records for ``source``: the sha256 of the file read (``file``; a
+    ``tag``'s cached download; a ``package`` model's shipped file), ``None`` for ``random`` weights
+    or a package loader without a file."""
+    if source.kind == RANDOM:
+        return None
+    if source.kind == "package":
+        path = package_weights_file(source.location)
+        return None if path is None else file_sha256(path)
+    return file_sha256(source.path or source.location)
