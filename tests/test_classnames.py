@@ -31,7 +31,7 @@ def test_bom_line_endings_whitespace_and_blank_lines(tmp_path, ending):
 
 
 def test_a_bom_does_not_hide_a_duplicate(tmp_path):
-    with pytest.raises(ClassNamesError, match=r"line 2: class name 'cat' duplicates 'cat' \(line 1\)"):
+    with pytest.raises(ClassNamesError, match=r"line 2: duplicate class name: 'cat' duplicates 'cat' \(line 1\)"):
         read_class_names(write(tmp_path, "\ufeffcat\ncat\n".encode("utf-8")))
 
 
@@ -50,7 +50,7 @@ def test_comments_are_counted_and_logged_and_can_be_escaped(tmp_path, caplog):
     ("Caf&amp;e\ncaf&e\n", "Caf&amp;e", "caf&e"),              # HTML entities (open_clip's cleaning)
 ])
 def test_duplicates_after_the_text_encoders_normalisation(tmp_path, names, first, second):
-    expected = re.escape(f"classes.txt, line 2: class name {second!r} duplicates {first!r}")
+    expected = re.escape(f"classes.txt, line 2: duplicate class name: {second!r} duplicates {first!r}")
     with pytest.raises(ClassNamesError, match=expected):
         read_class_names(write(tmp_path, names.encode()))
 

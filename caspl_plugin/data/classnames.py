@@ -95,7 +95,7 @@ def read_class_names_file(path: Union[str, os.PathLike], *, min_classes: int = 1
         if key in first_line:
             other_line, other = first_line[key]
             raise ClassNamesError(
-                f"{path}, line {number}: class name {name!r} duplicates {other!r} (line {other_line}); "
+                f"{path}, line {number}: duplicate class name: {name!r} duplicates {other!r} (line {other_line}); "
                 f"both read as {key!r} to the text encoder"
             )
         first_line[key] = (number, name)
