@@ -87,8 +87,8 @@ def test_store_round_trip(tmp_path):
     assert set(loaded) == set(tensors)
     for name, tensor in tensors.items():
         assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor)
-    assert metadata == dict(METADATA, content_sha256=digest)
-    assert digest == content_hash(loaded)
+    assert metadata == dict(METADATA, content_sha256=digest, content_sha256_covers="metadata+tensors")
+    assert digest == content_hash(loaded, metadata) != content_hash(loaded)
     assert os.listdir(path.parent) == ["artifact.safetensors"]
     umask = os.umask(0)
     os.umask(umask)
@@ -271,7 +271,8 @@ def test_inspect_prints_metadata(tmp_path, student_geometry, capsys):
         "12: class_0, class_1, class_2, class_3, class_4, ... (+7)",
         "tensor.text",
         "[3, 4, 64] float32",
-        f"{digest} (ok)",
+        f"{digest} (ok, metadata+tensors)",
+        "validation           : ok",
     ):
         assert expected in out, expected
     assert "class_11" not in out
@@ -293,7 +294,7 @@ def test_inspect_reports_mismatch_and_bad_files(tmp_path, student_geometry, caps
     path.write_bytes(bytes(data))
     assert main(["inspect", str(path)]) == 2
     captured = capsys.readouterr()
-    assert "(MISMATCH)" in captured.out and "MISMATCH" in captured.err
+    assert "(MISMATCH, metadata+tensors)" in captured.out and "MISMATCH" in captured.err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 32)
     assert main(["inspect", str(junk)]) == 2

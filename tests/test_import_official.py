@@ -260,7 +260,7 @@ def test_cli_import_official_then_inspect(tmp_path, capsys, commands):
     assert "text 8 tokens x depth 2, vision 8 tokens x depth 3" in capsys.readouterr().out
     assert cli.main(["inspect", str(out)]) == 0
     report = capsys.readouterr().out
-    for expected in ("dataset", "eurosat", "10: class_0, class_1", "source.file", "model.pth.tar-20", "(ok)"):
+    for expected in ("dataset", "eurosat", "10: class_0, class_1", "source.file", "model.pth.tar-20", "(ok, metadata+tensors)", "validation"):
         assert expected in report, expected
 
 

@@ -94,7 +94,7 @@ def test_weights_are_deterministic_and_small():
 def test_manifest_pins_each_file_and_metadata_records_the_recipe(name):
     manifest = read_manifest()
     tensors, metadata = load_artifact(weights_path(name))
-    assert manifest["models"][name]["content_sha256"] == content_hash(tensors) == metadata["content_sha256"]
+    assert manifest["models"][name]["content_sha256"] == content_hash(tensors, metadata) == metadata["content_sha256"]
     assert "pretrain_toy_clips.py" in manifest["regenerate"] and metadata["regenerate"] == manifest["regenerate"]
     assert metadata["recipe"]["classes"] == ("all" if name == "toy-teacher" else "base")
     assert metadata["zero_shot"]["template"] == TEMPLATE

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .store import ArtifactError, load_artifact, save_artifact
+from .store import HASH_SCOPE, HASH_SCOPE_KEY, ArtifactError, load_artifact, save_artifact
 
 __all__ = ["ArtifactMismatchError", "BoostingArtifact", "FORMAT", "FORMAT_VERSION", "class_names_sha256"]
 
@@ -155,6 +155,7 @@ class BoostingArtifact:
         """Write the artifact atomically; returns (and records) its content hash."""
         self.validate()
         self.metadata["content_sha256"] = save_artifact(path, self.tensors, self.metadata)
+        self.metadata[HASH_SCOPE_KEY] = HASH_SCOPE
         self.path = os.fspath(path)
         return self.metadata["content_sha256"]
 

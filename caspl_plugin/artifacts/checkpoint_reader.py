@@ -13,6 +13,13 @@ few hundred kilobytes. Both torch formats are understood: the zip archive writte
 (``<prefix>/data.pkl``, ``<prefix>/data/<key>``, ``<prefix>/byteorder``) and the older "legacy"
 stream (magic number, protocol, sys-info pickles, the object pickle, the storage keys, then each
 storage's raw bytes).
+
+TorchScript archives (OpenAI's CLIP ``.pt`` files) are read the same way, as data, by
+:func:`read_torchscript`: their ``data.pkl`` pickles the module tree as ``__torch__.*`` objects (inert
+placeholders here) whose attribute dictionaries hold the tensors; which attributes are parameters or
+buffers is read from the ``__parameters__`` / ``__buffers__`` lines of the archive's ``code/`` text,
+which is never compiled or run. A module whose pickled state is not a plain attribute dictionary (a
+custom ``__setstate__``, which ``torch.jit.load`` would run) is refused.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import collections
 import io
 import os
 import pickle
+import re
 import struct
 import sys
 import zipfile
@@ -28,7 +36,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["CheckpointError", "CheckpointReader", "PickledObject", "TensorRef", "read_checkpoint"]
+__all__ = [
+    "CheckpointError", "CheckpointReader", "PickledObject", "TensorRef", "TorchScriptState", "read_checkpoint",
+    "read_torchscript",
+]
 
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
@@ -241,8 +252,9 @@ class CheckpointReader:
             ctx = obj["state_dict"]["prompt_learner_teacher.ctx"].load()
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, torchscript: bool = False):
         self.path = os.fspath(path)
+        self.torchscript = torchscript
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"checkpoint not found: {self.path}")
         self._file = open(self.path, "rb")
@@ -291,8 +303,11 @@ class CheckpointReader:
         self._zip = zipfile.ZipFile(self._file)
         names = self._zip.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
-        if any(n.endswith("constants.pkl") for n in names):
+        is_script = any(n.endswith("constants.pkl") for n in names)
+        if is_script and not self.torchscript:
             raise CheckpointError(f"{self.path} is a TorchScript archive, not a checkpoint")
+        if self.torchscript and not is_script:
+            raise CheckpointError(f"{self.path} is not a TorchScript archive (no constants.pkl record)")
         if len(pickles) != 1:
             raise CheckpointError(f"{self.path} is a zip file but not a torch checkpoint (no data.pkl record)")
         self._zip_prefix = prefix = pickles[0][: -len("data.pkl")]
@@ -359,6 +374,16 @@ class CheckpointReader:
     def _storage(self, key: str, dtype: torch.dtype, numel: int) -> _BoundStorage:
         ref = self._storages.setdefault(key, StorageRef(key, dtype, numel))
         return _BoundStorage(self, ref)
+
+    def code_text(self, module: str) -> Optional[str]:
+        """The TorchScript source text recorded for ``module`` (e.g. ``__torch__.clip.model``), as text."""
+        if self._zip is None:
+            return None
+        name = f"{self._zip_prefix}code/{module.replace('.', '/')}.py"
+        try:
+            return self._zip.read(name).decode("utf-8", "replace")
+        except KeyError:
+            return None
 
     # -- tensor data -----------------------------------------------------------------------------
 
@@ -455,3 +480,87 @@ def _materialise(obj: Any, memo: dict[int, Any]) -> Any:
     else:
         result = obj
     return result
+
+
+@dataclass
+class TorchScriptState:
+    """What :func:`read_torchscript` finds: the archive's state dict and its module class names."""
+
+    state_dict: "collections.OrderedDict[str, torch.Tensor]"
+    module_classes: set[str]  # qualified names, e.g. "__torch__.clip.model.QuickGELU"
+
+    @property
+    def class_names(self) -> set[str]:
+        """Unqualified class names (``QuickGELU``, ``GELU``, ...)."""
+        return {name.rsplit(".", 1)[-1] for name in self.module_classes}
+
+
+_TORCHSCRIPT_PREFIX = "__torch__"
+_NAME_LIST = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _slot_names(class_text: str, slot: str) -> Optional[list[str]]:
+    match = re.search(rf"^\s+{slot} = \[(.*)\]\s*$", class_text, re.MULTILINE)
+    return None if match is None else _NAME_LIST.findall(match.group(1))
+
+
+def _state_slots(reader: CheckpointReader, qualified: str, memo: dict) -> Optional[set[str]]:
+    """Names of the parameters and buffers of TorchScript class ``qualified`` (None: not recorded)."""
+    if qualified not in memo:
+        module, _, name = qualified.rpartition(".")
+        text = reader.code_text(module) or ""
+        block = re.search(rf"^class {re.escape(name)}\(Module\):\n((?:[ \t].*\n?|\n)*)", text, re.MULTILINE)
+        slots = None
+        if block is not None:
+            parameters = _slot_names(block.group(1), "__parameters__")
+            buffers = _slot_names(block.group(1), "__buffers__")
+            if parameters is not None or buffers is not None:
+                slots = set(parameters or ()) | set(buffers or ())
+        memo[qualified] = slots
+    return memo[qualified]
+
+
+def read_torchscript(path: str | os.PathLike) -> TorchScriptState:
+    """Read a TorchScript archive's parameters and buffers as data, never running its code.
+
+    Returns what the TorchScript loader's ``state_dict()`` would hold (same keys, values and order) and the
+    class names of its modules. Raises :class:`CheckpointError` for anything else, including a module
+    with custom pickled state.
+    """
+    state: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
+    classes: set[str] = set()
+    with CheckpointReader(path, torchscript=True) as reader:
+        root = reader.load()
+        slots_memo: dict = {}
+        seen: set[int] = set()
+
+        def walk(obj: Any, prefix: str) -> None:
+            qualified = obj.pickled_global
+            if id(obj) in seen:
+                raise CheckpointError(f"{reader.path}: module {qualified} appears twice in the module tree")
+            seen.add(id(obj))
+            classes.add(qualified)
+            attributes = obj.state
+            if obj.args or obj.kwargs or obj.items or obj.list_items or not isinstance(attributes, dict):
+                raise CheckpointError(
+                    f"{reader.path}: module {prefix.rstrip('.') or '<root>'} ({qualified}) has custom pickled state "
+                    "(a TorchScript __setstate__ would run code to restore it); refusing to read it"
+                )
+            slots = _state_slots(reader, qualified, slots_memo)
+            for name, value in attributes.items():
+                if not isinstance(name, str):
+                    raise CheckpointError(f"{reader.path}: module {qualified} has a non-string attribute {name!r}")
+                if isinstance(value, PickledObject) and value.pickled_global.startswith(_TORCHSCRIPT_PREFIX + "."):
+                    walk(value, f"{prefix}{name}.")
+                elif isinstance(value, TensorRef) and (slots is None or name in slots):
+                    state[prefix + name] = value.load()
+
+        if not (isinstance(root, PickledObject) and root.pickled_global.split(".")[0] == _TORCHSCRIPT_PREFIX):
+            raise CheckpointError(f"{reader.path}: the archive's root is not a TorchScript module")
+        try:
+            walk(root, "")
+        except CheckpointError:
+            raise
+        except Exception as error:  # malformed tensor records
+            raise CheckpointError(f"cannot read {reader.path}: {type(error).__name__}: {error}") from error
+    return TorchScriptState(state, classes)

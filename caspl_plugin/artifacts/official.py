@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..data.classnames import read_class_names
 from .boosting import BoostingArtifact
 from .checkpoint_reader import CheckpointError, CheckpointReader, TensorRef
 
@@ -30,15 +31,6 @@ logger = logging.getLogger(__name__)
 
 LAYER0_KEYS = {"text": "prompt_learner_teacher.ctx", "vision": "image_encoder.VPT_FIRST"}
 _DEEP_KEY = re.compile(r"^(text|image)_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow_FIRST$")
-
-
-def read_class_names(path: str | os.PathLike) -> list[str]:
-    """Class names from a text file, one per line (surrounding whitespace and blank lines ignored)."""
-    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    names = [name for name in names if name]
-    if not names:
-        raise ValueError(f"class-names file {os.fspath(path)} is empty; expected one class name per line")
-    return names
 
 
 def student_geometry(name: str) -> dict:

@@ -3,16 +3,22 @@
 Every artifact kind (boosting prompts, classifiers, ...) is written and read through
 :func:`save_artifact` / :func:`load_artifact`. The header metadata holds a single key,
 ``"caspl"``, whose value is the JSON document; it must name the artifact ``format`` (a string)
-and ``format_version`` (an int). :func:`save_artifact` adds ``content_sha256``
-(:func:`content_hash` of the tensors) and :func:`load_artifact` refuses a file whose tensors no
-longer match it. Writes are atomic: a temporary file in the destination folder, then
+and ``format_version`` (an int). :func:`save_artifact` adds ``content_sha256``, the
+:func:`content_hash` of the whole artifact: the metadata as canonical JSON (sorted keys, no
+whitespace, every key but ``content_sha256`` itself) and the tensors; ``content_sha256_covers:
+"metadata+tensors"`` says so. :func:`load_artifact` refuses a file whose metadata or tensors no
+longer match it. Files written by older versions (no ``content_sha256_covers``; the hash covers
+the tensors only) are still read, with a warning that their metadata is not covered
+(:data:`LEGACY_HASH_NOTICE`). Writes are atomic: a temporary file in the destination folder, then
 ``os.replace``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Optional
 
 import torch
@@ -21,18 +27,42 @@ from safetensors.torch import save
 
 from ..files import atomic_write
 
-__all__ = ["ArtifactError", "METADATA_KEY", "content_hash", "load_artifact", "save_artifact"]
+__all__ = [
+    "ArtifactError", "HashStatus", "LEGACY_HASH_NOTICE", "METADATA_KEY", "canonical_json", "content_hash",
+    "hash_status", "load_artifact", "save_artifact",
+]
+
+logger = logging.getLogger(__name__)
 
 METADATA_KEY = "caspl"
+HASH_KEY = "content_sha256"
+HASH_SCOPE_KEY = "content_sha256_covers"
+HASH_SCOPE = "metadata+tensors"
+LEGACY_HASH_NOTICE = (
+    "written by an older version of caspl-plugin: its metadata is not covered by the content hash "
+    "(only the tensors are); re-save it to protect the metadata too"
+)
 
 
 class ArtifactError(ValueError):
     """An artifact file is missing pieces, corrupted, of another kind, or does not fit its use."""
 
 
-def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the tensors' sorted names, dtypes, shapes and raw (little-endian) bytes."""
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """``document`` as canonical JSON: sorted keys, no whitespace, UTF-8, no NaN/Infinity."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def content_hash(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, Any]] = None) -> str:
+    """sha256 over the metadata's canonical JSON (without ``content_sha256``), when given, then the
+    tensors' sorted names, dtypes, shapes and raw (little-endian) bytes.
+
+    Without ``metadata`` this is the tensors-only hash that older versions recorded.
+    """
     digest = hashlib.sha256()
+    if metadata is not None:
+        document = canonical_json({key: value for key, value in metadata.items() if key != HASH_KEY})
+        digest.update(b"metadata %d\n" % len(document) + document)
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
@@ -72,14 +102,44 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], 
             tensor = tensor.clone()  # safetensors refuses tensors that share memory
         seen.add(tensor.untyped_storage().data_ptr())
         prepared[name] = tensor
-    document = dict(metadata, content_sha256=content_hash(prepared))
+    document = {key: value for key, value in metadata.items() if key != HASH_KEY}
+    document[HASH_SCOPE_KEY] = HASH_SCOPE
     try:
+        document = json.loads(json.dumps(document, ensure_ascii=False, allow_nan=False))  # as it will be read
+        document[HASH_KEY] = content_hash(prepared, document)
         header = {METADATA_KEY: json.dumps(document, ensure_ascii=False, allow_nan=False)}
     except (TypeError, ValueError) as error:
         raise ArtifactError(f"{path}: metadata is not JSON-serialisable: {error}") from error
 
     atomic_write(path, save(prepared, metadata=header))
-    return document["content_sha256"]
+    return document[HASH_KEY]
+
+
+@dataclass(frozen=True)
+class HashStatus:
+    """The content hash check of one artifact: ``ok``, what the hash covers, and the two values."""
+
+    ok: bool
+    covers_metadata: bool
+    recorded: Optional[str]
+    computed: str
+
+    @property
+    def notice(self) -> Optional[str]:
+        return None if self.covers_metadata else LEGACY_HASH_NOTICE
+
+
+def hash_status(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> HashStatus:
+    """Recompute the content hash of ``(tensors, metadata)`` as it was recorded (current or older scope)."""
+    scope = metadata.get(HASH_SCOPE_KEY)
+    covers_metadata = HASH_SCOPE_KEY in metadata
+    if covers_metadata and scope != HASH_SCOPE:
+        return HashStatus(False, True, metadata.get(HASH_KEY), f"(unknown hash scope {scope!r})")
+    try:
+        computed = content_hash(tensors, metadata if covers_metadata else None)
+    except ValueError as error:  # NaN/Infinity in an edited header has no canonical JSON
+        return HashStatus(False, covers_metadata, metadata.get(HASH_KEY), f"(metadata not hashable: {error})")
+    return HashStatus(metadata.get(HASH_KEY) == computed, covers_metadata, metadata.get(HASH_KEY), computed)
 
 
 def load_artifact(
@@ -105,7 +165,7 @@ def load_artifact(
         with safe_open(path, framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # corrupt headers fail in several ways
         raise ArtifactError(f"{path} is not a safetensors file ({error})") from error
     if METADATA_KEY not in header:
         raise ArtifactError(f"{path} has no '{METADATA_KEY}' metadata: it was not written as a caspl-plugin artifact")
@@ -122,10 +182,13 @@ def load_artifact(
             f"caspl-plugin reads version(s) {', '.join(map(str, sorted(supported_versions)))}"
         )
     if verify:
-        recorded, actual = metadata.get("content_sha256"), content_hash(tensors)
-        if recorded != actual:
+        status = hash_status(tensors, metadata)
+        if not status.ok:
+            covered = "metadata and tensors do" if status.covers_metadata else "tensors do"
             raise ArtifactError(
-                f"{path}: its tensors do not match the content hash recorded in the file "
-                f"(recorded {recorded}, computed {actual}); the file was modified or is corrupted"
+                f"{path}: its {covered} not match the content hash recorded in the file "
+                f"(recorded {status.recorded}, computed {status.computed}); the file was modified or is corrupted"
             )
+        if status.notice:
+            logger.warning("%s: %s", path, status.notice)
     return tensors, metadata

@@ -139,6 +139,12 @@ def _resize_for(clip: PromptedCLIP, images: Tensor) -> Tensor:
     return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
 
 
+PHASE1_MIN_CLASSES = (
+    "phase 1 (boosting distillation) needs at least 2 classes: with one class the softmax is always 1 "
+    "and the distillation loss is always 0"
+)
+
+
 def build_distiller(
     student: "Backbone",
     teacher: "Backbone",
@@ -151,6 +157,8 @@ def build_distiller(
     generator: Optional[torch.Generator] = None,
 ) -> BoostingDistiller:
     """Student (frozen CLIP + learnable boosting group) and zero-shot teacher, ready to train."""
+    if len(class_names) < 2:
+        raise ValueError(f"got {len(class_names)} class name(s); {PHASE1_MIN_CLASSES}")
     student_clip, teacher_clip = PromptedCLIP(student), PromptedCLIP(teacher)
     group = make_boosting_group(student_clip, config, generator=generator)
     return BoostingDistiller(

@@ -99,7 +99,9 @@ def run(args) -> int:
 
     from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact, run_distillation
     from caspl_plugin.clip import create_clip
-    from caspl_plugin.data.unlabeled import UnlabeledImages, list_images, read_class_names, train_transform
+    from caspl_plugin.boosting.model import PHASE1_MIN_CLASSES
+    from caspl_plugin.data.classnames import read_class_names
+    from caspl_plugin.data.unlabeled import UnlabeledImages, list_images, train_transform
 
     if args.demo:
         _prepare_demo(args)
@@ -111,7 +113,7 @@ def run(args) -> int:
         raise CommandError(f"--output must end in .safetensors, got {output}")
     # validate every input before anything is built or written
     files = list_images(args.images)
-    class_names = read_class_names(args.class_names)
+    class_names = read_class_names(args.class_names, min_classes=2, purpose=PHASE1_MIN_CLASSES)
     template = _template(args.template)
     device = _device(args.device)
     settings = DistillSettings(

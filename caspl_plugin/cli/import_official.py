@@ -16,14 +16,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caspl_plugin.artifacts.official import import_official
+    from caspl_plugin.data.classnames import read_class_names_file
 
+    class_names = None
+    if args.class_names:
+        names_file = read_class_names_file(args.class_names)
+        class_names = names_file.names
+        print(f"{args.class_names}: {len(class_names)} class names ({names_file.comments} '#' comment line(s) skipped)")
     artifact = import_official(
         args.checkpoint,
         args.output,
         student=args.student,
         teacher=args.teacher,
         template=args.template,
-        class_names=args.class_names,
+        class_names=class_names,
         dataset=args.dataset,
     )
     counts = (("text", artifact.n_text, artifact.depth_text), ("vision", artifact.n_vision, artifact.depth_vision))

@@ -1,9 +1,11 @@
-"""``caspl inspect FILE``: print an artifact's metadata, tensor shapes and content-hash status."""
+"""``caspl inspect FILE``: print an artifact's metadata, tensor shapes, content-hash status and the
+result of its per-kind validation; exits non-zero on any inconsistency."""
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 from caspl_plugin.cli import CommandError
 
@@ -29,24 +31,47 @@ def _lines(metadata: dict, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield name, value if isinstance(value, str) else json.dumps(value)
 
 
-def format_report(path: str, tensors: dict[str, Any], metadata: dict, hash_ok: bool) -> str:
-    rows = list(_lines({key: value for key, value in metadata.items() if key != "content_sha256"}))
+def format_report(path: str, tensors: dict[str, Any], metadata: dict, hash_ok: bool,
+                  notice: Optional[str] = None, problems: Optional[list[str]] = None) -> str:
+    hidden = ("content_sha256", "content_sha256_covers")
+    rows = list(_lines({key: value for key, value in metadata.items() if key not in hidden}))
     for name, tensor in sorted(tensors.items()):
         rows.append((f"tensor.{name}", f"{list(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"))
-    rows.append(("content_sha256", f"{metadata.get('content_sha256')} ({'ok' if hash_ok else 'MISMATCH'})"))
+    covers = "metadata+tensors" if notice is None else "tensors only"
+    rows.append(("content_sha256", f"{metadata.get('content_sha256')} ({'ok' if hash_ok else 'MISMATCH'}, {covers})"))
+    if notice:
+        rows.append(("notice", notice))
+    if problems is not None:
+        rows.append(("validation", "ok" if not problems else f"{len(problems)} problem(s)"))
+        rows.extend(("  problem", problem) for problem in problems)
     width = max(len(key) for key, _ in rows)
     return "\n".join([path] + [f"  {key.ljust(width)} : {text}" for key, text in rows])
 
 
-def run(args: argparse.Namespace) -> int:
-    from caspl_plugin.artifacts import content_hash, load_artifact
+def inspect_artifact(file: str, as_json: bool) -> int:
+    """Print one artifact's report (or its metadata as JSON); CommandError on any inconsistency."""
+    from caspl_plugin.artifacts.store import hash_status, load_artifact
+    from caspl_plugin.artifacts.validate import validate_artifact
 
-    tensors, metadata = load_artifact(args.file, verify=False)
-    hash_ok = metadata.get("content_sha256") == content_hash(tensors)
-    if args.json:
+    tensors, metadata = load_artifact(file, verify=False)
+    status = hash_status(tensors, metadata)
+    problems = validate_artifact(file, tensors, metadata) if status.ok else None
+    if as_json:
         print(json.dumps(metadata, indent=2, ensure_ascii=False))
     else:
-        print(format_report(args.file, tensors, metadata, hash_ok))
-    if not hash_ok:
-        raise CommandError(f"{args.file}: content hash MISMATCH: the tensors were modified after the file was written")
+        print(format_report(file, tensors, metadata, status.ok, status.notice, problems))
+    if not status.ok:
+        covered = "metadata or tensors" if status.covers_metadata else "tensors"
+        raise CommandError(f"{file}: content hash MISMATCH: the {covered} were modified after the file was written")
+    if problems:
+        raise CommandError(f"{file}: {len(problems)} inconsistenc{'y' if len(problems) == 1 else 'ies'}: "
+                           + "; ".join(problems))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    # dispatch on what the path is: an artifact file (other kinds of paths get their own branch here)
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory; expected an artifact file (.safetensors)")
+    return inspect_artifact(args.file, args.json)

@@ -3,7 +3,8 @@
 :func:`resolve_weights` picks the source:
 
 1. ``weights="random"``: random initialisation.
-2. ``weights=<file>``: an OpenAI TorchScript ``.pt`` (as CoOp keeps them; read with ``torch.jit.load``),
+2. ``weights=<file>``: an OpenAI TorchScript ``.pt`` (as CoOp keeps them; read as data by
+   :func:`caspl_plugin.artifacts.checkpoint_reader.read_torchscript`, its code is never run),
    an OpenAI or open_clip state dict (``torch.load(weights_only=True)``; ``{"state_dict": ...}``
    wrappers and ``module.`` prefixes are accepted) or a ``.safetensors`` state dict.
    ``weights=<directory>`` is searched like ``weights_dir``.
@@ -19,7 +20,7 @@ once instead of after huggingface_hub's retries.
 
 OpenAI's weights were trained with QuickGELU. :func:`read_weights` records what a file says about
 its activation (``WeightsSource.quick_gelu``) from its content, never from its name: TorchScript
-archives carry their activation modules, OpenAI state dicts carry ``input_resolution`` /
+archives name their activation modules' classes in their pickles, OpenAI state dicts carry ``input_resolution`` /
 ``context_length`` / ``vocab_size`` entries, tags carry open_clip's ``quick_gelu`` flag.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import dataclasses
 import importlib
 import difflib
+import hashlib
 import logging
 import os
 import socket
@@ -307,10 +309,15 @@ def _read_file(path: Path) -> tuple[Mapping, Optional[bool]]:
 
         return load_file(str(path)), None
     if is_torchscript(path):
-        archive = torch.jit.load(str(path), map_location="cpu")
-        module_types = {getattr(m, "original_name", "") for m in archive.modules()}
+        from ..artifacts.checkpoint_reader import CheckpointError, read_torchscript
+
+        try:
+            archive = read_torchscript(path)
+        except CheckpointError as err:
+            raise IncompatibleWeightsError(f"{path} cannot be read as an OpenAI TorchScript CLIP: {err}") from err
+        module_types = archive.class_names
         activation = True if "QuickGELU" in module_types else (False if "GELU" in module_types else None)
-        return archive.state_dict(), activation
+        return archive.state_dict, activation
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # UnpicklingError for pickled objects, RuntimeError for corrupt files
@@ -386,3 +393,42 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
             f"{len(missing)} missing key(s) [{listing(missing)}], {len(unexpected)} unexpected key(s) "
             f"[{listing(unexpected)}]. Check that the model name matches the weights."
         )
+
+
+# --- digests: what a saved classifier records about its weights ------------------------------------
+
+_DIGEST_CHUNK = 8 * 2**20
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file, read in chunks; cached per (real path, size, mtime) for this process."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_cache:
+        digest = hashlib.sha256()
+        with open(real, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_DIGEST_CHUNK), b""):
+                digest.update(chunk)
+        _digest_cache[key] = digest.hexdigest()
+    return _digest_cache[key]
+
+
+def package_weights_file(name: str) -> Optional[Path]:
+    """The file a package model's default weights are read from, when the package ships one."""
+    from caspl_plugin.toy.weights import TOY_MODELS, weights_path
+
+    return weights_path(name) if name in TOY_MODELS else None
+
+
+def weights_digest(source: WeightsSource) -> Optional[str]:
+    """The digest a classifier records for ``source``: the sha256 of the file read (``file``; a
+    ``tag``'s cached download; a ``package`` model's shipped file), ``None`` for ``random`` weights
+    or a package loader without a file."""
+    if source.kind == RANDOM:
+        return None
+    if source.kind == "package":
+        path = package_weights_file(source.location)
+        return None if path is None else file_sha256(path)
+    return file_sha256(source.path or source.location)

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .classnames import read_class_names  # noqa: F401  (the one class-names reader, re-exported)
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -26,30 +28,6 @@ def list_images(root: str | Path) -> list[Path]:
     if not files:
         raise ValueError(f"No images in {root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
     return files
-
-
-def read_class_names(path: str | Path) -> list[str]:
-    """One class name per line (blank lines and ``#`` comments ignored); no duplicates allowed.
-
-    A line ``<folder> <name words...>`` in CoOp's ``classnames.txt`` style is *not* split: each
-    line is one name.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Class-names file not found: {path}")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n and not n.startswith("#")]
-    if not names:
-        raise ValueError(f"Class-names file {path} is empty: expected one class name per line")
-    seen, dupes = set(), []
-    for n in names:
-        key = n.replace("_", " ").lower()
-        if key in seen:
-            dupes.append(n)
-        seen.add(key)
-    if dupes:
-        raise ValueError(f"Class-names file {path} has duplicate class name(s): {sorted(set(dupes))}")
-    return names
 
 
 class UnlabeledImages(Dataset):
