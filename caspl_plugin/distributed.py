@@ -69,6 +69,13 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the processes, in place (a no-op in one process)."""
+    if is_initialized() and world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def broadcast_object(value: object, src: int = 0) -> object:
     """``value`` of rank ``src`` on every process (a no-op in one process)."""
     if not (is_initialized() and world_size() > 1):
@@ -76,6 +83,15 @@ def broadcast_object(value: object, src: int = 0) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(value: object) -> list:
+    """``value`` of every process, in rank order (``[value]`` in one process)."""
+    if not (is_initialized() and world_size() > 1):
+        return [value]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def cleanup() -> None:

@@ -1,20 +1,19 @@
-"""The boosting-phase training loop: epochs of :func:`~caspl_plugin.engine.training_step` over
-unlabeled images, per-epoch LR schedule, a checkpoint every epoch and exact resume.
+"""The boosting phase on the engine's epoch loop (:func:`~caspl_plugin.engine.train_epochs`):
+unlabeled images, Dassl's per-epoch LR schedule, a checkpoint every epoch and exact resume.
 """
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..artifacts.store import ArtifactError, load_artifact, save_artifact
-from ..data.unlabeled import collate_skipping
-from ..engine import epoch_lr, make_optimizer, set_lr, training_step
+from .. import distributed
+from ..artifacts.store import ArtifactError
+from ..engine import PRECISIONS, LoopConfig, LoopReport, epoch_lr, make_optimizer, train_epochs
+from ..engine import checkpoint as engine_checkpoint
 from .model import BoostingDistiller
 
 logger = logging.getLogger(__name__)
@@ -47,58 +46,37 @@ class DistillSettings:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
-@dataclass
-class DistillReport:
-    """What a run did: mean loss per epoch, steps, time, and every image it had to skip."""
+#: What a run did (the engine's report): mean loss per epoch, steps, time, every image it had to skip.
+DistillReport = LoopReport
 
-    epoch_losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    skipped: list[str] = field(default_factory=list)
-    resumed_from_epoch: Optional[int] = None
+#: Settings a checkpoint must share with the run that resumes it.
+_IDENTITY_KEYS = ("batch_size", "lr", "epochs", "seed", "temperature")
 
 
-def _checkpoint_tensors(distiller: BoostingDistiller, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    tensors = {f"prompt.{k}": v for k, v in distiller.student.boosting.tensors().items()}
-    for i, param in enumerate(optimizer.param_groups[0]["params"]):
-        buffer = optimizer.state.get(param, {}).get("momentum_buffer")
-        if buffer is not None:
-            tensors[f"momentum.{i}"] = buffer.detach()
-    return {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+def _identity(settings: DistillSettings) -> dict:
+    return {**{key: getattr(settings, key) for key in _IDENTITY_KEYS}, "world_size": distributed.world_size()}
 
 
 def save_checkpoint(path: Path, distiller, optimizer, epoch: int, report: DistillReport, settings: DistillSettings) -> None:
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": 1,
-        "next_epoch": epoch,
-        "settings": asdict(settings),
-        "epoch_losses": report.epoch_losses,
-        "steps": report.steps,
-        "skipped": report.skipped,
-        "class_names": list(distiller.student.class_names),
-    }
-    save_artifact(path, _checkpoint_tensors(distiller, optimizer), metadata)
+    tensors = {f"prompt.{k}": v for k, v in distiller.student.boosting.tensors().items()}
+    engine_checkpoint.save_checkpoint(
+        path, format=CHECKPOINT_FORMAT, tensors=tensors, optimizer=optimizer, next_epoch=epoch, report=report,
+        identity=_identity(settings),
+        metadata={"settings": asdict(settings), "class_names": list(distiller.student.class_names)},
+    )
 
 
 def load_checkpoint(path: Path, distiller, optimizer, settings: DistillSettings) -> tuple[int, DistillReport]:
-    tensors, metadata = load_artifact(path, expected_format=CHECKPOINT_FORMAT)
+    next_epoch, report, tensors, metadata = engine_checkpoint.load_checkpoint(
+        path, format=CHECKPOINT_FORMAT, optimizer=optimizer, identity=_identity(settings))
     if metadata["class_names"] != list(distiller.student.class_names):
         raise ArtifactError(f"Checkpoint {path} was made for other class names; remove it or drop --resume")
-    saved = metadata["settings"]
-    for key in ("batch_size", "lr", "epochs", "seed", "temperature"):
-        if saved.get(key) != getattr(settings, key):
-            raise ArtifactError(f"Checkpoint {path} was made with {key}={saved.get(key)!r}, this run has {getattr(settings, key)!r}")
     distiller.student.boosting.load_tensors({k[len("prompt."):]: v for k, v in tensors.items() if k.startswith("prompt.")})
-    device = next(distiller.student.boosting.parameters()).device
-    for i, param in enumerate(optimizer.param_groups[0]["params"]):
-        if f"momentum.{i}" in tensors:
-            optimizer.state[param]["momentum_buffer"] = tensors[f"momentum.{i}"].to(device)
-    report = DistillReport(list(metadata["epoch_losses"]), int(metadata["steps"]), 0.0, list(metadata["skipped"]))
-    report.resumed_from_epoch = int(metadata["next_epoch"])
-    return int(metadata["next_epoch"]), report
+    return next_epoch, report
 
 
 def run_distillation(
@@ -110,58 +88,35 @@ def run_distillation(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int, float], None]] = None,
+    tensorboard: Optional[str] = None,
 ) -> DistillReport:
-    """Learn the student's boosting prompts; labels are never read.
+    """Learn the student's boosting prompts with the engine's epoch loop; labels are never read.
 
     Each epoch seeds its shuffling and augmentation from ``(seed, epoch)``, so a run resumed from
-    the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have.
+    the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have. Under
+    ``torchrun`` ``settings.batch_size`` is per process (global batch = batch_size x world size).
     """
-    from tqdm.auto import tqdm
-
     distiller.student.train()
     optimizer = make_optimizer(distiller.student.learnable_parameters(), settings.lr, settings.momentum, settings.weight_decay)
     start_epoch, report = 0, DistillReport()
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         start_epoch, report = load_checkpoint(Path(checkpoint), distiller, optimizer, settings)
-        logger.info("Resuming from %s at epoch %d/%d", checkpoint, start_epoch + 1, settings.epochs)
-    elif resume:
+        if distributed.is_main():
+            logger.info("Resuming from %s at epoch %d/%d", checkpoint, start_epoch + 1, settings.epochs)
+    elif resume and distributed.is_main():
         logger.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint)
-    skipped = set(report.skipped)
-    started = time.perf_counter()
-    for epoch in range(start_epoch, settings.epochs):
-        lr = epoch_lr(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_lr)
-        set_lr(optimizer, lr)
-        torch.manual_seed(settings.seed * 100003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            drop_last=len(dataset) >= settings.batch_size,
-            num_workers=settings.num_workers,
-            collate_fn=collate_skipping,
-            generator=torch.Generator().manual_seed(settings.seed * 1000003 + epoch),
-        )
-        total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"distill epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
-        for images, _paths, bad in bar:
-            skipped.update(bad)
-            if images is None:
-                continue
-            metrics = training_step(distiller, images, None, optimizer, settings.precision)
-            total, count = total + metrics["loss"] * len(images), count + len(images)
-            report.steps += 1
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
-        if count == 0:
-            raise RuntimeError("No readable image in the whole epoch: every file was skipped")
-        report.epoch_losses.append(total / count)
-        report.skipped = sorted(skipped)
-        logger.info("epoch %d/%d  lr %.2e  kd loss %.4f  (%d images)", epoch + 1, settings.epochs, lr, total / count, count)
-        if checkpoint is not None:
-            save_checkpoint(Path(checkpoint), distiller, optimizer, epoch + 1, report, settings)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, total / count)
-    report.seconds = time.perf_counter() - started
-    return report
+    config = LoopConfig(
+        epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
+        num_workers=settings.num_workers, progress="distill" if progress else None, tensorboard=tensorboard,
+        lr_at=lambda epoch: epoch_lr(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_lr),
+        log_label="kd loss",
+    )
+
+    def save(next_epoch: int, report: DistillReport) -> None:
+        save_checkpoint(Path(checkpoint), distiller, optimizer, next_epoch, report, settings)
+
+    return train_epochs(distiller, dataset, optimizer, config, start_epoch=start_epoch, report=report,
+                        save=save if checkpoint is not None else None, on_epoch_end=on_epoch_end)
 
 
 def export_artifact(

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "CasPL end to end on the embedded toy domain with tiny pre-trained CLIPs (about a minute)"),
     "distill": ("distill", "phase 1: learn boosting prompts from a zero-shot teacher on unlabeled images"),
+    "adapt": ("adapt", "phase 2 without Dassl: train a method (CasPL_<Method> with --boosting) on labeled images, evaluate, save a classifier"),
     "inspect": ("inspect_cmd", "print the metadata of a prompt artifact"),
     "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
     "configs": ("configs_cmd", "print where the experiment configs and scripts are, or copy them into a project"),

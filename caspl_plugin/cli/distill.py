@@ -7,6 +7,9 @@ Example::
         -o boosting/oxford_pets.safetensors
 
 ``--demo`` runs on an embedded default instead (tiny models and a generated image folder).
+
+Multi-GPU: ``torchrun --nproc-per-node N -m caspl_plugin.cli distill ...`` trains data-parallel;
+``--batch-size`` is per process, so the global batch is batch-size x N (see :data:`BATCH_HELP`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,13 @@ from . import CommandError
 logger = logging.getLogger(__name__)
 
 DEMO_STUDENT, DEMO_TEACHER = "caspl-tiny-student", "caspl-tiny-teacher"
+
+#: --batch-size help of every training command (the lr is never rescaled silently)
+BATCH_HELP = ("images per step and process; under torchrun the global batch is batch-size x the number of "
+              "processes. The lr is used as given: to keep the authors' recipe (their lr at their batch) "
+              "keep the global batch equal to theirs, e.g. --batch-size {half} with 2 processes")
+PRECISION_HELP = ("fp32 (default); amp = autocast (fp16 on CUDA, bf16 on CPU); bf16 / fp16 = that dtype. "
+                  "Weights and prompts stay fp32; fp16 on CUDA uses a gradient scaler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prompts.add_argument("--depth-vision", type=int, default=12, help="clamped to the student's depth")
     train = parser.add_argument_group("training (defaults: the authors' phase-1 recipe)")
     train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--batch-size", type=int, default=4, help=BATCH_HELP.format(half=2))
     train.add_argument("--lr", type=float, default=0.0025)
     train.add_argument("--temperature", type=float, default=1.0)
     train.add_argument("--teacher-scale", choices=("own", "student"), default="own",
@@ -50,11 +60,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     train.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    train.add_argument("--precision", choices=("fp32", "amp"), default="fp32", help="amp = autocast, weights stay fp32")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output")
+    add_loop_arguments(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-o", "--output", help="artifact to write (.safetensors); default <out>/boosting.safetensors with --demo")
     parser.add_argument("--out", default="demo_output", help="with --demo: folder for the generated images and the artifact")
+
+
+def add_loop_arguments(group) -> None:
+    """--precision, --tensorboard, --resume: the engine's options shared by every training command."""
+    from caspl_plugin.engine import PRECISIONS
+
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    group.add_argument("--tensorboard", metavar="DIR", help="write tensorboard scalars (train/loss, train/lr, ...) to DIR (rank 0)")
+    group.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output (also under torchrun)")
+
+
+def check_tensorboard(folder) -> None:
+    """A clear error before training when --tensorboard is given but tensorboard is missing."""
+    if folder is None:
+        return
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise CommandError("--tensorboard needs the tensorboard package: pip install 'caspl-plugin[tensorboard]'") from None
+
+
+def say(*lines: str) -> None:
+    """Print to the user from rank 0 only (one copy under torchrun)."""
+    from caspl_plugin import distributed
+
+    if distributed.is_main():
+        for line in lines:
+            print(line)
 
 
 def _template(value: str) -> str:
@@ -79,11 +117,14 @@ def _device(value: str):
 
 
 def _prepare_demo(args) -> None:
+    from caspl_plugin import distributed
     from caspl_plugin.toy import domain
 
     out = Path(args.out)
-    folder = domain.write_image_folder(out / "data", num_per_class=4, seed=0, overwrite=True)
-    args.images, args.class_names = str(folder.images), str(folder.class_names)
+    if distributed.is_main():
+        domain.write_image_folder(out / "data", num_per_class=4, seed=0, overwrite=True)
+    distributed.barrier()
+    args.images, args.class_names = str(out / "data" / "images"), str(out / "data" / "classnames.txt")
     args.student, args.teacher = DEMO_STUDENT, DEMO_TEACHER
     args.student_weights = args.teacher_weights = None
     args.dataset = args.dataset or "toy-shapes"
@@ -95,7 +136,21 @@ def _prepare_demo(args) -> None:
 
 
 def run(args) -> int:
+    from caspl_plugin import distributed
+
+    device = distributed.setup(_device(args.device))
+    if not distributed.is_main():
+        logging.getLogger("caspl_plugin").setLevel(logging.WARNING)
+    try:
+        return _run(args, device)
+    finally:
+        distributed.cleanup()
+
+
+def _run(args, device) -> int:
     import torch
+
+    from caspl_plugin import distributed
 
     from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact, run_distillation
     from caspl_plugin.clip import create_clip
@@ -115,7 +170,7 @@ def run(args) -> int:
     files = list_images(args.images)
     class_names = read_class_names(args.class_names, min_classes=2, purpose=PHASE1_MIN_CLASSES)
     template = _template(args.template)
-    device = _device(args.device)
+    check_tensorboard(args.tensorboard)
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         teacher_scale=args.teacher_scale, precision=args.precision, num_workers=args.workers, seed=args.seed,
@@ -136,17 +191,23 @@ def run(args) -> int:
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
     dataset = UnlabeledImages(files, train_transform(student.image_size, student.mean, student.std))
     checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
-    report = run_distillation(distiller, dataset, settings, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress)
-    artifact = export_artifact(
-        output, distiller, student.describe(), teacher=args.teacher,
-        teacher_weights=str(teacher.weights), dataset=args.dataset or Path(args.images).name,
-        settings=settings, report=report,
-    )
-    losses = ", ".join(f"{loss:.4f}" for loss in report.epoch_losses)
-    print(f"KD loss per epoch: {losses}")
-    print(f"wrote {output} ({artifact.content_sha256[:12]}) in {report.seconds:.1f} s, {report.steps} steps")
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} unreadable image(s):")
-        for path in report.skipped:
-            print(f"  {path}")
+    if distributed.world_size() > 1:
+        say(f"torchrun: {distributed.world_size()} processes, global batch {settings.batch_size} x "
+            f"{distributed.world_size()} = {settings.batch_size * distributed.world_size()}, lr {settings.lr} (as given)")
+    report = run_distillation(distiller, dataset, settings, checkpoint=checkpoint, resume=args.resume,
+                              progress=not args.no_progress, tensorboard=args.tensorboard)
+    if distributed.is_main():
+        artifact = export_artifact(
+            output, distiller, student.describe(), teacher=args.teacher,
+            teacher_weights=str(teacher.weights), dataset=args.dataset or Path(args.images).name,
+            settings=settings, report=report,
+        )
+        losses = ", ".join(f"{loss:.4f}" for loss in report.epoch_losses)
+        print(f"KD loss per epoch: {losses}")
+        print(f"wrote {output} ({artifact.content_sha256[:12]}) in {report.seconds:.1f} s, {report.steps} steps")
+        if report.skipped:
+            print(f"skipped {len(report.skipped)} unreadable image(s):")
+            for path in report.skipped:
+                print(f"  {path}")
+    distributed.barrier()
     return 0

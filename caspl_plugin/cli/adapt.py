@@ -1,0 +1,343 @@
+"""``caspl adapt``: phase 2 without Dassl — train a prompt-learning method (optionally cascaded with
+phase-1 boosting prompts, CasPL_<Method>) on labeled images, evaluate, and save a classifier.
+
+Examples::
+
+    # an image folder with one sub-folder per class, 16 shots, base-to-novel
+    caspl adapt --data my_domain/ --method promptsrc --boosting boosting/my_domain.safetensors \\
+        --shots 16 --subsample base --student ViT-B/16 --student-weights openai -o my_domain.safetensors
+
+    # a CoOp dataset layout (DATASET.ROOT of the CoOp projects)
+    caspl adapt --dataset OxfordPets --root ~/data --method coop --preset few_shot --shots 16 -o pets.safetensors
+
+Few-shot sampling follows CoOp's protocol (same picks as Dassl for the same ``--seed``; cached as
+``split_fewshot/shot_K-seed_S.json`` in the dataset folder, as CoOp does). The same engine as
+``caspl distill``: checkpoints and ``--resume``, ``--precision``, ``--tensorboard`` and ``torchrun``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import random
+from pathlib import Path
+
+from . import CommandError
+from .distill import BATCH_HELP, _device, add_loop_arguments, check_tensorboard, say
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "caspl-adapt-checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data (one of --data or --dataset/--root)")
+    data.add_argument("--data", help="image folder with one sub-folder per class (or train/ val/ test/ sub-folders of class folders)")
+    data.add_argument("--dataset", help="a CoOp benchmark dataset name (e.g. OxfordPets), read from --root")
+    data.add_argument("--root", help="the folder holding the CoOp datasets (DATASET.ROOT)")
+    data.add_argument("--shots", type=int, default=16, help="training images per class, CoOp's few-shot protocol (-1: all; default 16)")
+    data.add_argument("--subsample", choices=("all", "base", "new"), default="all",
+                      help="train on all classes, or the base / new half; with 'base' the test reports base, novel and HM")
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", default="coop", help="coop, cocoop, ivlp, maple or promptsrc (any registered method)")
+    method.add_argument("--preset", help="a preset of the method (default: caspl_base2novel with --boosting, else base2novel, when it has one)")
+    method.add_argument("--boosting", metavar="ARTIFACT", help="boosting prompts from `caspl distill` (CasPL_<Method>); frozen")
+    method.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a method setting of the preset (VALUE is JSON, else a string), e.g. n_ctx=4")
+    models = parser.add_argument_group("student CLIP")
+    models.add_argument("--student", default="ViT-B/16", help="student CLIP (Dassl or open_clip name; default ViT-B/16)")
+    models.add_argument("--student-weights", help="'openai', another open_clip tag, a local file, or 'random'")
+    models.add_argument("--weights-dir", help="directory searched for weight files named after the models")
+    train = parser.add_argument_group("training (defaults: the preset's)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int, help=BATCH_HELP.format(half="half the preset's"))
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int, default=1, help="few-shot sampling, prompt initialisation and data order (default 1)")
+    train.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    train.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    add_loop_arguments(train)
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation on the test split")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-o", "--output", required=True, help="classifier artifact to write (.safetensors), for `caspl classify`")
+
+
+def run(args) -> int:
+    from caspl_plugin import distributed
+
+    device = distributed.setup(_device(args.device))
+    if not distributed.is_main():
+        logging.getLogger("caspl_plugin").setLevel(logging.WARNING)
+    try:
+        return _run(args, device)
+    finally:
+        distributed.cleanup()
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+def _method_and_preset(args):
+    from caspl_plugin.methods.registry import get_method, get_preset
+
+    try:
+        cls = get_method(args.method)
+    except KeyError as error:
+        raise CommandError(f"--method: {error.args[0]}") from None
+    presets = getattr(cls, "presets", {})
+    name = args.preset
+    if name is None:
+        wanted = ("caspl_base2novel", "base2novel") if args.boosting else ("base2novel",)
+        name = next((p for p in wanted if p in presets), next(iter(presets), None))
+    if name is None:
+        return cls, None
+    try:
+        return cls, get_preset(cls.method, name)
+    except KeyError as error:
+        raise CommandError(f"--preset: {error.args[0]}") from None
+
+
+def _model_args(pairs) -> dict:
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--model-arg {pair!r} is not KEY=VALUE")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def _read_splits(args):
+    """``(dataset_dir, image_dir, full splits)`` of --data or --dataset/--root."""
+    import os
+
+    from caspl_plugin.data import layouts
+    from caspl_plugin.data.catalog import dataset_spec
+
+    if bool(args.data) == bool(args.dataset):
+        raise CommandError("give exactly one of --data FOLDER or --dataset NAME (with --root)")
+    if args.data:
+        folder = os.path.abspath(args.data)
+        if not os.path.isdir(folder):
+            raise CommandError(f"--data {args.data}: no such folder (expected one sub-folder per class)")
+        return folder, folder, layouts.read_labeled_folder(folder)
+    if not args.root:
+        raise CommandError("--dataset needs --root (the folder holding the CoOp datasets)")
+    try:
+        spec = dataset_spec(args.dataset)
+    except KeyError as error:
+        raise CommandError(f"--dataset: {error.args[0]}") from None
+    if spec.test_only:
+        raise CommandError(f"--dataset {spec.name} is a test-only dataset; train on its source dataset instead")
+    dataset_dir = os.path.join(os.path.abspath(os.path.expanduser(args.root)), spec.dataset_dir)
+    return dataset_dir, dataset_dir, None
+
+
+def _check_shots(train, shots: int) -> None:
+    if shots < 1:
+        return
+    counts: dict[str, int] = {}
+    for record in train:
+        counts[record.classname] = counts.get(record.classname, 0) + 1
+    short = sorted((n, c) for c, n in counts.items() if n < shots)
+    if short:
+        listed = ", ".join(f"{c!r} has {n}" for n, c in short[:5]) + (" ..." if len(short) > 5 else "")
+        raise CommandError(f"--shots {shots}: {len(short)} class(es) have fewer training images: {listed}")
+
+
+def _load_data(args):
+    """Training records, test records of the trained classes, and (with --subsample base) of the novel ones."""
+    from caspl_plugin import distributed
+    from caspl_plugin.data import layouts
+    from caspl_plugin.data.splits import subsample_classes
+
+    if args.shots == 0 or args.shots < -1:
+        raise CommandError(f"--shots must be >= 1 or -1 (all images), got {args.shots}")
+    dataset_dir, image_dir, full = _read_splits(args)
+    if full is None:  # a CoOp benchmark: its own reader, then CoOp's protocol
+        def read(shots, subsample):
+            return layouts.load_benchmark(args.dataset, args.root, num_shots=shots, seed=args.seed,
+                                          subsample=subsample, rng=random.Random(args.seed))
+        full = read(-1, "all")
+    else:
+        def read(shots, subsample):
+            return layouts.apply_protocol(dataset_dir, image_dir, full, num_shots=shots, seed=args.seed,
+                                          subsample=subsample, rng=random.Random(args.seed))
+    if not full.train:
+        raise CommandError(f"no training images in {dataset_dir}")
+    _check_shots(full.train, args.shots)
+    # the few-shot split is sampled (and cached in the dataset folder) by rank 0; the others read it
+    if distributed.is_main():
+        splits = read(args.shots, args.subsample)
+    distributed.barrier()
+    if not distributed.is_main():
+        splits = read(args.shots, args.subsample)
+    novel_test = subsample_classes(full.train, full.test, subsample="new")[1] if args.subsample == "base" else None
+    return splits.train, splits.test, novel_test
+
+
+# ---- checkpoint state of a method (learnable tensors + PromptSRC's GPA) ----------------------
+
+def _state_tensors(model) -> dict:
+    tensors = {f"param.{k}": v for k, v in model.learnable_state_dict().items()}
+    gpa = getattr(model, "gpa", None)
+    if gpa is not None:
+        tensors.update({f"gpa.{k}": v for k, v in gpa.state_dict()["sums"].items()})
+    return tensors
+
+
+def _load_state(model, tensors: dict, metadata: dict, epochs: int) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("param."):
+                params[key[len("param."):]].copy_(value)
+    if metadata.get("gpa_recorded") is not None:
+        from caspl_plugin.methods.promptsrc import GaussianPromptAggregation
+
+        model.gpa = GaussianPromptAggregation(model, epochs, model.gpa_mean, model.gpa_std)
+        model.gpa.load_state_dict({"sums": {k[len("gpa."):]: v for k, v in tensors.items() if k.startswith("gpa.")},
+                                   "recorded": metadata["gpa_recorded"]})
+
+
+@contextlib.contextmanager
+def _run_guard(output: Path):
+    """Preflight, stale temp files and the output lock of the run guard (C3), rank 0 only."""
+    from caspl_plugin import distributed
+
+    try:
+        from caspl_plugin.cli import runguard  # C3: caspl_plugin/cli/runguard.py (wired at merge when absent)
+    except ImportError:
+        runguard = None
+    if runguard is None or not distributed.is_main():
+        yield
+        return
+    runguard.preflight_output(output, suffix=".safetensors", what="--output")
+    runguard.remove_stale_temps(output)
+    with runguard.output_lock(output):
+        yield
+
+
+def _run(args, device) -> int:
+    import torch
+
+    from caspl_plugin import distributed
+    from caspl_plugin.artifacts.store import ArtifactError
+    from caspl_plugin.clip import create_clip
+    from caspl_plugin.data.labeled import LabeledImages, class_names_of
+    from caspl_plugin.data.unlabeled import eval_transform, train_transform
+    from caspl_plugin.engine import (
+        LoopConfig, LoopReport, epoch_lr, evaluate, load_checkpoint, make_optimizer, save_checkpoint, train_epochs,
+    )
+    from caspl_plugin.inference import save_classifier
+    from caspl_plugin.methods import cascade
+    from caspl_plugin.prompts import PromptedCLIP
+    from caspl_plugin.report import harmonic_mean
+
+    # validate every input before anything is built or written
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise CommandError(f"--output must end in .safetensors, got {output}")
+    if args.boosting and not Path(args.boosting).is_file():
+        raise CommandError(f"--boosting {args.boosting}: no such file")
+    cls, preset = _method_and_preset(args)
+    train_settings = dict(preset.train) if preset else {}
+    epochs = args.epochs if args.epochs is not None else int(train_settings.get("epochs", 10))
+    batch_size = args.batch_size if args.batch_size is not None else int(train_settings.get("batch_size", 32))
+    lr = args.lr if args.lr is not None else float(train_settings.get("lr", 0.002))
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
+        if value < 1:
+            raise CommandError(f"{flag} must be >= 1, got {value}")
+    if lr <= 0:
+        raise CommandError(f"--lr must be > 0, got {lr}")
+    warmup_epochs, warmup_lr = int(train_settings.get("warmup_epochs", 1)), float(train_settings.get("warmup_lr", 1e-5))
+    model_settings = {**(preset.model if preset else {}), **_model_args(args.model_arg)}
+    check_tensorboard(args.tensorboard)
+    train, test, novel_test = _load_data(args)
+    names = class_names_of(train)
+
+    with _run_guard(output):
+        torch.manual_seed(args.seed)
+        student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
+        try:
+            model = cascade(cls, PromptedCLIP(student), names, args.boosting, **model_settings).to(device)
+        except ArtifactError as error:
+            raise CommandError(f"--boosting {args.boosting}: {error}") from None
+        except TypeError as error:
+            raise CommandError(f"method {cls.method!r} does not take these settings {model_settings}: {error}") from None
+        label = ("CasPL_" if model.boosting is not None else "") + cls.method
+        say(f"{label} ({preset.name if preset else 'defaults'}) on {student.name}: {len(names)} classes, "
+            f"{len(train)} training images, {epochs} epochs, batch {batch_size} x {distributed.world_size()} "
+            f"process(es), lr {lr} (as given)")
+        optimizer = make_optimizer(model.learnable_parameters(), lr,
+                                   train_settings.get("momentum", 0.9), train_settings.get("weight_decay", 5e-4))
+        identity = {"method": cls.method, "settings": model.settings(), "class_names": names, "epochs": epochs,
+                    "batch_size": batch_size, "lr": lr, "seed": args.seed, "shots": args.shots,
+                    "world_size": distributed.world_size(),
+                    "boosting": getattr(model.boosting, "artifact_sha256", None) if model.boosting is not None else None}
+        checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
+        start_epoch, report = 0, LoopReport()
+        if args.resume and checkpoint.is_file():
+            try:
+                start_epoch, report, tensors, metadata = load_checkpoint(
+                    checkpoint, format=CHECKPOINT_FORMAT, optimizer=optimizer, identity=identity)
+            except ArtifactError as error:
+                raise CommandError(str(error)) from None
+            _load_state(model, tensors, metadata, epochs)
+            say(f"resuming from {checkpoint} at epoch {start_epoch + 1}/{epochs}")
+        elif args.resume:
+            say(f"--resume: no checkpoint at {checkpoint}, starting from scratch")
+
+        def save(next_epoch: int, report: LoopReport) -> None:
+            gpa = getattr(model, "gpa", None)
+            save_checkpoint(checkpoint, format=CHECKPOINT_FORMAT, tensors=_state_tensors(model), optimizer=optimizer,
+                            next_epoch=next_epoch, report=report, identity=identity,
+                            metadata={"gpa_recorded": None if gpa is None else gpa.state_dict()["recorded"]})
+
+        geometry = model.clip.geometry
+        dataset = LabeledImages(train, train_transform(geometry["image_size"], model.clip.mean, model.clip.std))
+        config = LoopConfig(
+            epochs=epochs, batch_size=batch_size, seed=args.seed, precision=args.precision, num_workers=args.workers,
+            progress=None if args.no_progress else "adapt", tensorboard=args.tensorboard,
+            lr_at=lambda epoch: epoch_lr(epoch, lr, epochs, warmup_epochs, warmup_lr),
+        )
+        report = train_epochs(model, dataset, optimizer, config, start_epoch=start_epoch, report=report, save=save)
+
+        if distributed.is_main():
+            evaluation = {}
+            if not args.no_eval and test:
+                transform = eval_transform(geometry["image_size"], model.clip.mean, model.clip.std)
+                progress = None if args.no_progress else "test"
+                result = evaluate(model, LabeledImages(test, transform), precision=args.precision,
+                                  num_workers=args.workers, progress=progress)
+                evaluation["base" if novel_test is not None else "accuracy"] = result.accuracy
+                if novel_test is not None and novel_test:
+                    model.set_class_names(class_names_of(novel_test))
+                    novel = evaluate(model, LabeledImages(novel_test, transform), precision=args.precision,
+                                     num_workers=args.workers, progress=progress)
+                    model.set_class_names(names)
+                    evaluation.update(novel=novel.accuracy, hm=harmonic_mean(result.accuracy, novel.accuracy))
+            extra = {"training": {"epochs": epochs, "batch_size": batch_size, "world_size": distributed.world_size(),
+                                  "lr": lr, "seed": args.seed, "shots": args.shots, "subsample": args.subsample,
+                                  "precision": args.precision, "preset": preset.name if preset else None,
+                                  "final_loss": report.epoch_losses[-1], "steps": report.steps,
+                                  "skipped_images": len(report.skipped)},
+                     "evaluation": evaluation}
+            digest = save_classifier(output, model, extra=extra)
+            print("loss per epoch: " + ", ".join(f"{loss:.4f}" for loss in report.epoch_losses))
+            if "accuracy" in evaluation:
+                print(f"test accuracy: {evaluation['accuracy']:.2f}%")
+            elif evaluation:
+                print(f"base {evaluation['base']:.2f}%  novel {evaluation.get('novel', float('nan')):.2f}%  "
+                      f"HM {evaluation.get('hm') or 0:.2f}%")
+            print(f"wrote {output} ({digest[:12]}) in {report.seconds:.1f} s, {report.steps} steps")
+            if report.skipped:
+                print(f"skipped {len(report.skipped)} unreadable image(s):")
+                for path in report.skipped:
+                    print(f"  {path}")
+        distributed.barrier()
+    return 0

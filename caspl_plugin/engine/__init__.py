@@ -1,0 +1,34 @@
+"""The one training engine of every loop: ``caspl distill``, ``caspl adapt``, the demo and the Dassl
+trainers' steps, in one process or under ``torchrun``.
+
+- :mod:`.step`: the precision vocabulary (:data:`PRECISIONS`, :func:`autocast`), one optimisation
+  step (:func:`training_step`; :func:`synced_step` in a distributed run), SGD and Dassl's schedule;
+- :mod:`.loop`: the epoch loop over a dataset (:func:`train_epochs`), its batch plan and logs;
+- :mod:`.checkpoint`: resumable checkpoints (safetensors + JSON);
+- :mod:`.evaluate`: accuracy over a labeled dataset;
+- :mod:`.fit`: training on in-memory tensors.
+
+An *objective* is any module with ``loss(images, labels, **extras) -> (loss, metrics)``: a method
+model (phase 2) or a :class:`~caspl_plugin.boosting.BoostingDistiller` (phase 1).
+"""
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import EvalResult, evaluate
+from .fit import fit
+from .loop import LoopConfig, LoopReport, TrainingInterrupted, collate_items, open_tensorboard, train_epochs
+from .step import (
+    PRECISIONS,
+    autocast,
+    autocast_dtype,
+    epoch_lr,
+    grad_scaler,
+    make_optimizer,
+    set_lr,
+    synced_step,
+    training_step,
+)
+
+__all__ = [
+    "PRECISIONS", "autocast", "autocast_dtype", "epoch_lr", "grad_scaler", "make_optimizer", "set_lr",
+    "synced_step", "training_step", "fit", "LoopConfig", "LoopReport", "TrainingInterrupted", "collate_items",
+    "open_tensorboard", "train_epochs", "load_checkpoint", "save_checkpoint", "EvalResult", "evaluate",
+]
