@@ -223,3 +223,22 @@ def export_classifier(
         raise ExportError(f"The output {path} is the classifier being exported")
     model = load_classifier(source, weights=weights, weights_dir=weights_dir, device="cpu")
     return export_model(model, path, quantize=quantize, opset=opset, source_sha256=file_sha256(source), verify=verify)
+
+
+def quantize_onnx(source, path) -> dict[str, str]:
+    """Write the int8 (dynamic quantisation) version of the exported classifier ``source`` to ``path``
+    atomically, with its metadata marked ``quantization: int8``; returns that metadata."""
+    import onnx
+
+    _require_export_packages()
+    proto = onnx.load_model(os.fspath(source))
+    metadata = {p.key: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
+    if metadata.get(METADATA_PREFIX + "format") != FORMAT:
+        raise ExportError(f"{source} is not a caspl classifier export")
+    if metadata.get(METADATA_PREFIX + "quantization", "none") != "none":
+        raise ExportError(f"{source} is already quantised ({metadata[METADATA_PREFIX + 'quantization']})")
+    quantized = _quantize_int8(proto)
+    metadata[METADATA_PREFIX + "quantization"] = "int8"
+    _set_metadata(quantized, metadata)
+    atomic_write(path, quantized.SerializeToString())
+    return metadata
