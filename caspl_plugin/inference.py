@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from .artifacts.store import ArtifactError, load_artifact, save_artifact
 from .methods.base import PromptModel
+from .prediction import Prediction  # noqa: F401  (re-exported: caspl_plugin.inference.Prediction)
 from .prompts import PromptedCLIP, PromptGroup, PromptSpec
 
 logger = logging.getLogger(__name__)
@@ -259,15 +259,6 @@ def verified_recorded_weights(path, student: Mapping[str, Any]) -> Optional[str]
     return file
 
 
-@dataclass
-class Prediction:
-    """Top-k classes of one image, most probable first."""
-
-    image: str
-    classes: list[str]
-    probabilities: list[float]
-
-
 class Classifier:
     """A loaded classifier with its preprocessing: ``predict(paths or tensor, topk)``."""
 
@@ -282,14 +273,25 @@ class Classifier:
     def load(cls, path, **kwargs) -> "Classifier":
         return cls(load_classifier(path, **kwargs))
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
+
+    @property
+    def description(self) -> str:
+        """One line: method, student, classes, boosting."""
+        model = self.model
+        return (f"{model.method} on {model.clip.backbone_name}, {len(model.class_names)} classes"
+                + (", with boosting prompts" if model.boosting is not None else ""))
+
     def load_images(self, paths: Sequence[str]) -> torch.Tensor:
-        from PIL import Image
+        """``[N, 3, S, S]`` eval-transformed images; a clear error naming an unreadable one."""
+        from .export.preprocess import open_image
 
         images = []
         for path in paths:
             try:
-                with Image.open(path) as image:
-                    images.append(self.transform(image.convert("RGB")))
+                images.append(self.transform(open_image(path)))
             except FileNotFoundError:
                 raise FileNotFoundError(f"Image not found: {path}") from None
             except Exception as error:

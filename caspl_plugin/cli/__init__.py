@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
     "configs": ("configs_cmd", "print where the experiment configs and scripts are, or copy them into a project"),
     "classify": ("classify", "top-k classes of images with a classifier saved after phase 2"),
+    "export": ("export", "a classifier as one ONNX graph (fp32 or int8) for onnxruntime"),
     "report": ("report_cmd", "tables (base-to-novel, few-shot, cross-dataset) and flags from finished Dassl runs' logs"),
 }
 
