@@ -37,6 +37,16 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training loop: the 1-based ``epoch`` and the ``step`` within it where it
+    stopped, and how many epochs the checkpoint on disk holds (``completed_epochs``; None when the
+    loop keeps no checkpoint). Still a ``KeyboardInterrupt`` for callers that catch that."""
+
+    def __init__(self, epoch: int, step: int, completed_epochs: Optional[int] = None):
+        super().__init__(f"interrupted at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.completed_epochs = epoch, step, completed_epochs
+
+
 def training_step(objective: nn.Module, images: Tensor, labels, optimizer: torch.optim.Optimizer, precision: str = "fp32", **batch) -> dict[str, float]:
     """One optimisation step: loss under autocast, backward, step. Returns the metrics as floats.
 

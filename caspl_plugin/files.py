@@ -1,10 +1,32 @@
-"""Atomic file writes: every file the package writes goes through :func:`atomic_write`."""
+"""Atomic file writes: every file the package writes goes through :func:`atomic_write`.
+
+A write goes to ``.<name>.<random hex>.tmp`` in the destination's folder, then ``os.replace``;
+a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds.
+"""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Optional, Union
+
+
+def temporary_path(path: Union[str, os.PathLike]) -> Path:
+    """A fresh temporary name for a write to ``path``: ``.<name>.<8 hex>.tmp`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def stale_temporaries(path: Union[str, os.PathLike]) -> list[Path]:
+    """The temporary files of writes to ``path`` that are still on disk (sorted)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]+\.tmp")
+    try:
+        entries = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(entry for entry in entries if pattern.fullmatch(entry.name) and entry.is_file())
 
 
 def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode: Optional[int] = None) -> Path:
@@ -16,7 +38,7 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary = temporary_path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with open(temporary, "xb") as handle:

@@ -7,14 +7,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts.store import ArtifactError, load_artifact, save_artifact
 from ..data.unlabeled import collate_skipping
-from ..engine import epoch_lr, make_optimizer, set_lr, training_step
+from ..engine import TrainingInterrupted, epoch_lr, make_optimizer, set_lr, training_step
 from .model import BoostingDistiller
 
 logger = logging.getLogger(__name__)
@@ -51,13 +51,16 @@ class DistillSettings:
 
 @dataclass
 class DistillReport:
-    """What a run did: mean loss per epoch, steps, time, and every image it had to skip."""
+    """What a run did: mean loss per epoch, steps, time, every image it had to skip (found
+    unreadable before training or at run time), and how many readable images each epoch's
+    incomplete last batch left out (``drop_last``)."""
 
     epoch_losses: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
     resumed_from_epoch: Optional[int] = None
+    left_out_per_epoch: int = 0
 
 
 def _checkpoint_tensors(distiller: BoostingDistiller, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -110,14 +113,16 @@ def run_distillation(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int, float], None]] = None,
+    known_unreadable: Sequence[str] = (),
 ) -> DistillReport:
     """Learn the student's boosting prompts; labels are never read.
 
     Each epoch seeds its shuffling and augmentation from ``(seed, epoch)``, so a run resumed from
     the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have.
+    ``known_unreadable``: images found unreadable before training (not in ``dataset``); they are
+    counted in ``report.skipped`` with those that fail at run time. Ctrl-C raises
+    :class:`~caspl_plugin.engine.TrainingInterrupted` once the checkpoint on disk is a complete one.
     """
-    from tqdm.auto import tqdm
-
     distiller.student.train()
     optimizer = make_optimizer(distiller.student.learnable_parameters(), settings.lr, settings.momentum, settings.weight_decay)
     start_epoch, report = 0, DistillReport()
@@ -126,9 +131,40 @@ def run_distillation(
         logger.info("Resuming from %s at epoch %d/%d", checkpoint, start_epoch + 1, settings.epochs)
     elif resume:
         logger.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint)
-    skipped = set(report.skipped)
+    skipped = set(report.skipped) | {str(path) for path in known_unreadable}
+    report.skipped = sorted(skipped)
+    drop_last = len(dataset) >= settings.batch_size
+    report.left_out_per_epoch = len(dataset) % settings.batch_size if drop_last else 0
     started = time.perf_counter()
+    try:
+        _distill_epochs(distiller, dataset, settings, optimizer, report, skipped, drop_last, start_epoch,
+                        checkpoint, progress, on_epoch_end, position := [start_epoch, 0])
+    except KeyboardInterrupt:
+        epoch, step_in_epoch = position
+        raise TrainingInterrupted(epoch + 1, step_in_epoch, _completed_epochs(checkpoint)) from None
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _completed_epochs(checkpoint: Optional[Path]) -> Optional[int]:
+    """How many epochs the (complete, hash-checked) checkpoint on disk holds; 0 if none, None without one."""
+    if checkpoint is None:
+        return None
+    if not Path(checkpoint).is_file():
+        return 0
+    try:
+        return int(load_artifact(Path(checkpoint), expected_format=CHECKPOINT_FORMAT)[1]["next_epoch"])
+    except (ArtifactError, OSError, KeyError, ValueError):
+        return 0
+
+
+def _distill_epochs(distiller, dataset, settings, optimizer, report, skipped, drop_last, start_epoch,
+                    checkpoint, progress, on_epoch_end, position: list[int]) -> None:
+    """The epochs of :func:`run_distillation`; ``position`` tracks ``[epoch, step within it]``."""
+    from tqdm.auto import tqdm
+
     for epoch in range(start_epoch, settings.epochs):
+        position[:] = [epoch, 0]
         lr = epoch_lr(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_lr)
         set_lr(optimizer, lr)
         torch.manual_seed(settings.seed * 100003 + epoch)
@@ -136,7 +172,7 @@ def run_distillation(
             dataset,
             batch_size=settings.batch_size,
             shuffle=True,
-            drop_last=len(dataset) >= settings.batch_size,
+            drop_last=drop_last,
             num_workers=settings.num_workers,
             collate_fn=collate_skipping,
             generator=torch.Generator().manual_seed(settings.seed * 1000003 + epoch),
@@ -150,6 +186,7 @@ def run_distillation(
             metrics = training_step(distiller, images, None, optimizer, settings.precision)
             total, count = total + metrics["loss"] * len(images), count + len(images)
             report.steps += 1
+            position[1] += 1
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
         if count == 0:
             raise RuntimeError("No readable image in the whole epoch: every file was skipped")
@@ -160,8 +197,6 @@ def run_distillation(
             save_checkpoint(Path(checkpoint), distiller, optimizer, epoch + 1, report, settings)
         if on_epoch_end is not None:
             on_epoch_end(epoch, total / count)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def export_artifact(
@@ -183,7 +218,8 @@ def export_artifact(
     training = asdict(settings)
     if report is not None:
         training.update(final_kd_loss=report.epoch_losses[-1] if report.epoch_losses else None,
-                        steps=report.steps, skipped_images=len(report.skipped))
+                        steps=report.steps, skipped_images=len(report.skipped),
+                        left_out_per_epoch=report.left_out_per_epoch)
     artifact = BoostingArtifact.from_group_tensors(
         tensors.get("text"), tensors.get("vision"),
         student=student_geometry, teacher=teacher, teacher_weights=teacher_weights,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from . import CommandError
@@ -95,21 +96,39 @@ def _prepare_demo(args) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact, run_distillation
-    from caspl_plugin.clip import create_clip
-    from caspl_plugin.data.unlabeled import UnlabeledImages, list_images, read_class_names, train_transform
+    from .runguard import output_lock, preflight_output, remove_stale_temps
 
     if args.demo:
-        _prepare_demo(args)
-    missing = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output)) if not value]
+        args.output = args.output or str(Path(args.out) / "boosting.safetensors")
+    missing = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output))
+               if not value and not (args.demo and flag != "-o/--output")]
     if missing:
         raise CommandError(f"missing {', '.join(missing)} (or use --demo)")
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise CommandError(f"--output must end in .safetensors, got {output}")
-    # validate every input before anything is built or written
+    checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
+    # validate every input before anything is built or written (--demo: once its data is written)
+    inputs = None if args.demo else _validate_inputs(args)
+    preflight_output(output, suffix=".safetensors", what="--output")
+    preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
+    with output_lock(output, command="distill"):
+        if args.demo:
+            _prepare_demo(args)
+            inputs = _validate_inputs(args)
+        removed = remove_stale_temps(output) + remove_stale_temps(checkpoint)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+        return _distill(args, output, checkpoint, *inputs)
+
+
+def _validate_inputs(args):
+    """The image list, class names, template, device and settings, all checked; nothing is written."""
+    from caspl_plugin.boosting import DistillSettings
+    from caspl_plugin.data.unlabeled import list_images, read_class_names
+
+    from .runguard import warmup_warning
+
     files = list_images(args.images)
     class_names = read_class_names(args.class_names)
     template = _template(args.template)
@@ -118,8 +137,28 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         teacher_scale=args.teacher_scale, precision=args.precision, num_workers=args.workers, seed=args.seed,
     )
+    warning = warmup_warning(settings.epochs, settings.warmup_epochs, settings.warmup_lr, settings.lr)
+    if warning:
+        print(f"caspl distill: warning: {warning}", file=sys.stderr)
+    return files, class_names, template, device, settings
+
+
+def _distill(args, output: Path, checkpoint: Path, files, class_names, template, device, settings) -> int:
+    import torch
+
+    from caspl_plugin.boosting import BoostingConfig, build_distiller, export_artifact, run_distillation
+    from caspl_plugin.clip import create_clip
+    from caspl_plugin.data.images import probe_images
+    from caspl_plugin.data.unlabeled import UnlabeledImages, train_transform
+
+    probe = probe_images(files, progress=not args.no_progress)
+    if not probe.readable:
+        raise CommandError(f"none of the {len(files)} images under {args.images} is readable; first: "
+                           f"{probe.unreadable[0][0]}: {probe.unreadable[0][1]}")
+    reasons = {str(path): reason for path, reason in probe.unreadable}
     config = BoostingConfig(args.n_text, args.n_vision, args.depth_text, args.depth_vision)
-    logger.info("%d images, %d classes, teacher template %r", len(files), len(class_names), template)
+    logger.info("%d images (%d unreadable), %d classes, teacher template %r",
+                len(files), len(probe.unreadable), len(class_names), template)
 
     torch.manual_seed(args.seed)
     student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
@@ -132,9 +171,9 @@ def run(args) -> int:
     logger.info("boosting prompts: %d text x depth %d, %d vision x depth %d (%d parameters)",
                 spec.n_text, spec.depth_text, spec.n_vision, spec.depth_vision,
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
-    dataset = UnlabeledImages(files, train_transform(student.image_size, student.mean, student.std))
-    checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
-    report = run_distillation(distiller, dataset, settings, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress)
+    dataset = UnlabeledImages(probe.readable, train_transform(student.image_size, student.mean, student.std))
+    report = run_distillation(distiller, dataset, settings, checkpoint=checkpoint, resume=args.resume,
+                              progress=not args.no_progress, known_unreadable=list(reasons))
     artifact = export_artifact(
         output, distiller, student.describe(), teacher=args.teacher,
         teacher_weights=str(teacher.weights), dataset=args.dataset or Path(args.images).name,
@@ -146,5 +185,8 @@ def run(args) -> int:
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable image(s):")
         for path in report.skipped:
-            print(f"  {path}")
+            print(f"  {path}: {reasons.get(path, 'failed to read during training')}")
+    if report.left_out_per_epoch:
+        print(f"each epoch left out {report.left_out_per_epoch} of {len(dataset)} readable image(s): "
+              f"its incomplete last batch (batch size {settings.batch_size}, other images each epoch)")
     return 0

@@ -1,6 +1,7 @@
 """Unlabeled images of a domain (any folder tree) and class-name files, for the boosting phase.
 
-Unreadable or corrupt images never stop training: they are skipped, counted and reported.
+Unreadable or corrupt images never stop training: :func:`~caspl_plugin.data.images.probe_images`
+finds them before training; a read that still fails at run time is skipped, counted and reported.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .images import open_rgb
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -53,7 +56,8 @@ def read_class_names(path: str | Path) -> list[str]:
 
 
 class UnlabeledImages(Dataset):
-    """Images of a folder tree, transformed; a failed read yields ``None`` (see :func:`collate_skipping`)."""
+    """Images of a folder tree (opened with :func:`~caspl_plugin.data.images.open_rgb`), transformed;
+    a failed read yields ``None`` (see :func:`collate_skipping`)."""
 
     def __init__(self, files: Sequence[Path], transform: Callable):
         self.files, self.transform = list(files), transform
@@ -62,12 +66,9 @@ class UnlabeledImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB")), str(path)
+            return self.transform(open_rgb(path)), str(path)
         except Exception as error:  # any unreadable file is skipped, never fatal
             logger.debug("Skipping unreadable image %s: %s", path, error)
             return None, str(path)
