@@ -45,9 +45,9 @@ def _to_uint8(values: np.ndarray, unit: float) -> np.ndarray:
         values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         low, high = float(values.min()), float(values.max())
     if low < 0 or high > unit:
-        values = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        values = (values - low) * 255.0 / (high - low) if high > low else np.zeros_like(values)
     else:
-        values = values * (255.0 / unit)
+        values = values * 255.0 / unit
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
