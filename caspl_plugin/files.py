@@ -33,8 +33,8 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
     Readers never see a partial file; on any error the destination is left as it was and no
-    temporary file remains. The parent folder is created; permissions follow the umask unless
-    ``mode`` is given.
+    temporary file remains (an ``OSError`` without a file name, e.g. a full disk, gets ``path``).
+    The parent folder is created; permissions follow the umask unless ``mode`` is given.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,9 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)
         raise
     return path

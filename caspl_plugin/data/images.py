@@ -117,6 +117,8 @@ def probe_image(path: Union[str, os.PathLike]) -> Optional[str]:
         stat = path.stat()
     except OSError as error:
         return _reason(error, path)
+    if stat.st_size == 0:
+        return "empty file"
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     with _cache_lock:
         if key in _cache:
