@@ -110,19 +110,18 @@ def _reason(error: BaseException, path: Path) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def probe_image(path: Union[str, os.PathLike]) -> Optional[str]:
-    """``None`` if the image at ``path`` opens with :func:`open_rgb`, else why not (one line)."""
-    path = Path(path)
+def _cache_key(path: Path) -> tuple[Optional[tuple[str, int, int]], Optional[str]]:
+    """``(key, None)`` for an existing non-empty file, else ``(None, reason)``."""
     try:
         stat = path.stat()
     except OSError as error:
-        return _reason(error, path)
+        return None, _reason(error, path)
     if stat.st_size == 0:
-        return "empty file"
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
+        return None, "empty file"
+    return (str(path), stat.st_size, stat.st_mtime_ns), None
+
+
+def _decode_verdict(path: Path, key: tuple[str, int, int]) -> Optional[str]:
     try:
         open_rgb(path)
         verdict = None
@@ -131,6 +130,18 @@ def probe_image(path: Union[str, os.PathLike]) -> Optional[str]:
     with _cache_lock:
         _cache[key] = verdict
     return verdict
+
+
+def probe_image(path: Union[str, os.PathLike]) -> Optional[str]:
+    """``None`` if the image at ``path`` opens with :func:`open_rgb`, else why not (one line)."""
+    path = Path(path)
+    key, reason = _cache_key(path)
+    if key is None:
+        return reason
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    return _decode_verdict(path, key)
 
 
 def default_probe_workers() -> int:
@@ -145,26 +156,41 @@ def probe_images(paths: Iterable[Union[str, os.PathLike]], workers: Optional[int
     workers = default_probe_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1 or len(paths) < 2:
-        verdicts: Iterable[Optional[str]] = map(probe_image, paths)
+    verdicts: list[Optional[str]] = [None] * len(paths)
+    to_decode = []  # (index, key) of the files without a remembered verdict
+    for index, path in enumerate(paths):
+        key, reason = _cache_key(path)
+        if key is None:
+            verdicts[index] = reason
+            continue
+        with _cache_lock:
+            known = key in _cache
+            verdicts[index] = _cache.get(key)
+        if not known:
+            to_decode.append((index, key))
+    jobs = [(paths[index], key) for index, key in to_decode]
+    if workers == 1 or len(jobs) < 2:
+        decoded: Iterable[Optional[str]] = (_decode_verdict(path, key) for path, key in jobs)
         pool = None
     else:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
-        verdicts = pool.map(probe_image, paths, chunksize=16)
-    result = ProbeResult()
+        decoded = pool.map(_decode_verdict, *zip(*jobs))
     try:
         if progress:
             from tqdm.auto import tqdm
 
-            verdicts = tqdm(verdicts, total=len(paths), desc="checking images", leave=False)
-        for path, verdict in zip(paths, verdicts):
-            if verdict is None:
-                result.readable.append(path)
-            else:
-                result.unreadable.append((path, verdict))
+            decoded = tqdm(decoded, total=len(jobs), desc="checking images", leave=False)
+        for (index, _), verdict in zip(to_decode, decoded):
+            verdicts[index] = verdict
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    result = ProbeResult()
+    for path, verdict in zip(paths, verdicts):
+        if verdict is None:
+            result.readable.append(path)
+        else:
+            result.unreadable.append((path, verdict))
     if result.unreadable:
         logger.info("%d of %d images are unreadable", len(result.unreadable), len(paths))
     return result
