@@ -33,7 +33,7 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
     Readers never see a partial file; on any error the destination is left as it was and no
-    temporary file remains (an ``OSError`` without a file name, e.g. a full disk, gets ``path``).
+    temporary file remains (an ``OSError`` with an errno but no file name, e.g. a full disk, gets ``path``).
     The parent folder is created; permissions follow the umask unless ``mode`` is given.
     """
     path = Path(path)
@@ -50,7 +50,7 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
             error.filename = str(path)
         raise
     return path

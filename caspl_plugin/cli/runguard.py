@@ -115,6 +115,7 @@ def output_lock(path: PathLike, *, command: Optional[str] = None) -> Iterator[Pa
             f"{path} is being written by another run ({_owner_text(owner_file)}); "
             "wait for it to finish or choose another output") from None
     try:
+        remove_stale_temps(owner_file)
         owner = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
