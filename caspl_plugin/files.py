@@ -1,22 +1,44 @@
-"""Atomic file writes: every file the package writes goes through :func:`atomic_write`."""
+"""Atomic file writes: every file the package writes goes through :func:`atomic_write`.
+
+A write goes to ``.<name>.<random hex>.tmp`` in the destination's folder, then ``os.replace``;
+a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds.
+"""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Optional, Union
+
+
+def temporary_path(path: Union[str, os.PathLike]) -> Path:
+    """A fresh temporary name for a write to ``path``: ``.<name>.<8 hex>.tmp`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def stale_temporaries(path: Union[str, os.PathLike]) -> list[Path]:
+    """The temporary files of writes to ``path`` that are still on disk (sorted)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]+\.tmp")
+    try:
+        entries = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(entry for entry in entries if pattern.fullmatch(entry.name) and entry.is_file())
 
 
 def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode: Optional[int] = None) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
     Readers never see a partial file; on any error the destination is left as it was and no
-    temporary file remains. The parent folder is created; permissions follow the umask unless
-    ``mode`` is given.
+    temporary file remains (an ``OSError`` with an errno but no file name, e.g. a full disk, gets ``path``).
+    The parent folder is created; permissions follow the umask unless ``mode`` is given.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary = temporary_path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with open(temporary, "xb") as handle:
@@ -26,7 +48,9 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            error.filename = str(path)
         raise
     return path

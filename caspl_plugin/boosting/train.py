@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from torch.utils.data import Dataset
 
@@ -89,12 +89,16 @@ def run_distillation(
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int, float], None]] = None,
     tensorboard: Optional[str] = None,
+    known_unreadable: Sequence[str] = (),
 ) -> DistillReport:
     """Learn the student's boosting prompts with the engine's epoch loop; labels are never read.
 
     Each epoch seeds its shuffling and augmentation from ``(seed, epoch)``, so a run resumed from
     the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have. Under
     ``torchrun`` ``settings.batch_size`` is per process (global batch = batch_size x world size).
+    ``known_unreadable``: images found unreadable before training (not in ``dataset``); they are
+    counted in ``report.skipped`` with any that fail at run time. Ctrl-C raises
+    :class:`~caspl_plugin.engine.TrainingInterrupted`, the checkpoint on disk being a complete one.
     """
     distiller.student.train()
     optimizer = make_optimizer(distiller.student.learnable_parameters(), settings.lr, settings.momentum, settings.weight_decay)
@@ -105,6 +109,7 @@ def run_distillation(
             logger.info("Resuming from %s at epoch %d/%d", checkpoint, start_epoch + 1, settings.epochs)
     elif resume and distributed.is_main():
         logger.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint)
+    report.skipped = sorted(set(report.skipped) | {str(path) for path in known_unreadable})
     config = LoopConfig(
         epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
         num_workers=settings.num_workers, progress="distill" if progress else None, tensorboard=tensorboard,
@@ -138,7 +143,8 @@ def export_artifact(
     training = asdict(settings)
     if report is not None:
         training.update(final_kd_loss=report.epoch_losses[-1] if report.epoch_losses else None,
-                        steps=report.steps, skipped_images=len(report.skipped))
+                        steps=report.steps, skipped_images=len(report.skipped),
+                        left_out_per_epoch=report.left_out_per_epoch)
     artifact = BoostingArtifact.from_group_tensors(
         tensors.get("text"), tensors.get("vision"),
         student=student_geometry, teacher=teacher, teacher_weights=teacher_weights,

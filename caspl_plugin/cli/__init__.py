@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -25,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+#: Exit code when stdout is closed early (``caspl inspect --json | head``): 128 + SIGPIPE.
+BROKEN_PIPE_EXIT = 141
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
@@ -49,6 +54,23 @@ def _command_in(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one ``caspl`` command; expected failures print one line ``caspl <cmd>: error: ...``:
+    bad input -> exit 2, other ``OSError`` (permission, disk full, I/O) -> 1, Ctrl-C -> 130 with
+    where training stopped, stdout closed by the reader -> 141 quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away (``| head``): point stdout at devnull so the flush at exit is quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    from .runguard import INTERRUPTED_EXIT, describe_os_error, interrupt_message
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
@@ -66,6 +88,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CommandError, FileNotFoundError, ValueError) as error:
         print(f"caspl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        print(f"caspl {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as interruption:
+        print(f"caspl {args.command}: {interrupt_message(interruption)}", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

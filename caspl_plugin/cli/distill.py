@@ -14,7 +14,9 @@ Multi-GPU: ``torchrun --nproc-per-node N -m caspl_plugin.cli distill ...`` train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 from . import CommandError
@@ -148,25 +150,46 @@ def run(args) -> int:
 
 
 def _run(args, device) -> int:
-    import torch
-
     from caspl_plugin import distributed
 
-    from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact, run_distillation
-    from caspl_plugin.clip import create_clip
-    from caspl_plugin.boosting.model import PHASE1_MIN_CLASSES
-    from caspl_plugin.data.classnames import read_class_names
-    from caspl_plugin.data.unlabeled import UnlabeledImages, list_images, train_transform
+    from .runguard import output_lock, preflight_output, remove_stale_temps
 
     if args.demo:
-        _prepare_demo(args)
-    missing = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output)) if not value]
+        args.output = args.output or str(Path(args.out) / "boosting.safetensors")
+    missing = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output))
+               if not value and not (args.demo and flag != "-o/--output")]
     if missing:
         raise CommandError(f"missing {', '.join(missing)} (or use --demo)")
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise CommandError(f"--output must end in .safetensors, got {output}")
-    # validate every input before anything is built or written
+    checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
+    # validate every input before anything is built or written (--demo: once its data is written)
+    inputs = None if args.demo else _validate_inputs(args)
+    preflight_output(output, suffix=".safetensors", what="--output")
+    preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
+    # rank 0 owns the outputs: it takes the lock and cleans up; the other processes only train
+    lock = output_lock(output, command="distill") if distributed.is_main() else contextlib.nullcontext()
+    with lock:
+        if args.demo:
+            _prepare_demo(args)
+            inputs = _validate_inputs(args)
+        if distributed.is_main():
+            removed = remove_stale_temps(output) + remove_stale_temps(checkpoint)
+            if removed:
+                logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+        return _distill(args, device, output, checkpoint, *inputs)
+
+
+def _validate_inputs(args):
+    """The image list, class names, template and settings, all checked; nothing is written."""
+    from caspl_plugin.boosting import DistillSettings
+    from caspl_plugin.boosting.model import PHASE1_MIN_CLASSES
+    from caspl_plugin.data.classnames import read_class_names
+    from caspl_plugin.data.unlabeled import list_images
+
+    from .runguard import warmup_warning
+
     files = list_images(args.images)
     class_names = read_class_names(args.class_names, min_classes=2, purpose=PHASE1_MIN_CLASSES)
     template = _template(args.template)
@@ -175,8 +198,38 @@ def _run(args, device) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         teacher_scale=args.teacher_scale, precision=args.precision, num_workers=args.workers, seed=args.seed,
     )
+    warning = warmup_warning(settings.epochs, settings.warmup_epochs, settings.warmup_lr, settings.lr)
+    if warning:
+        print(f"caspl distill: warning: {warning}", file=sys.stderr)
+    return files, class_names, template, settings
+
+
+def _probe(files, args):
+    """The readable images (probed once, on rank 0, shared with the other processes) and the reasons
+    the others could not be read."""
+    from caspl_plugin import distributed
+    from caspl_plugin.data.images import probe_images
+
+    probe = probe_images(files, progress=not args.no_progress) if distributed.is_main() else None
+    probe = distributed.broadcast_object(probe)
+    if not probe.readable:
+        raise CommandError(f"none of the {len(files)} images under {args.images} is readable; first: "
+                           f"{probe.unreadable[0][0]}: {probe.unreadable[0][1]}")
+    return probe.readable, {str(path): reason for path, reason in probe.unreadable}
+
+
+def _distill(args, device, output: Path, checkpoint: Path, files, class_names, template, settings) -> int:
+    import torch
+
+    from caspl_plugin import distributed
+    from caspl_plugin.boosting import BoostingConfig, build_distiller, export_artifact, run_distillation
+    from caspl_plugin.clip import create_clip
+    from caspl_plugin.data.unlabeled import UnlabeledImages, train_transform
+
+    readable, reasons = _probe(files, args)
     config = BoostingConfig(args.n_text, args.n_vision, args.depth_text, args.depth_vision)
-    logger.info("%d images, %d classes, teacher template %r", len(files), len(class_names), template)
+    logger.info("%d images (%d unreadable), %d classes, teacher template %r",
+                len(files), len(reasons), len(class_names), template)
 
     torch.manual_seed(args.seed)
     student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
@@ -189,13 +242,13 @@ def _run(args, device) -> int:
     logger.info("boosting prompts: %d text x depth %d, %d vision x depth %d (%d parameters)",
                 spec.n_text, spec.depth_text, spec.n_vision, spec.depth_vision,
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
-    dataset = UnlabeledImages(files, train_transform(student.image_size, student.mean, student.std))
-    checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
+    dataset = UnlabeledImages(readable, train_transform(student.image_size, student.mean, student.std))
     if distributed.world_size() > 1:
         say(f"torchrun: {distributed.world_size()} processes, global batch {settings.batch_size} x "
             f"{distributed.world_size()} = {settings.batch_size * distributed.world_size()}, lr {settings.lr} (as given)")
     report = run_distillation(distiller, dataset, settings, checkpoint=checkpoint, resume=args.resume,
-                              progress=not args.no_progress, tensorboard=args.tensorboard)
+                              progress=not args.no_progress, tensorboard=args.tensorboard,
+                              known_unreadable=list(reasons))
     if distributed.is_main():
         artifact = export_artifact(
             output, distiller, student.describe(), teacher=args.teacher,
@@ -208,6 +261,10 @@ def _run(args, device) -> int:
         if report.skipped:
             print(f"skipped {len(report.skipped)} unreadable image(s):")
             for path in report.skipped:
-                print(f"  {path}")
+                print(f"  {path}: {reasons.get(path, 'failed to read during training')}")
+        if report.left_out_per_epoch:
+            print(f"each epoch left out {report.left_out_per_epoch} of {len(dataset)} readable image(s): "
+                  f"its incomplete last batch (global batch {settings.batch_size * distributed.world_size()}, "
+                  "other images each epoch)")
     distributed.barrier()
     return 0

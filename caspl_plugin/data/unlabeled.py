@@ -1,6 +1,7 @@
 """Unlabeled images of a domain (any folder tree) and class-name files, for the boosting phase.
 
-Unreadable or corrupt images never stop training: they are skipped, counted and reported.
+Unreadable or corrupt images never stop training: :func:`~caspl_plugin.data.images.probe_images`
+finds them before training; a read that still fails at run time is skipped, counted and reported.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .classnames import read_class_names  # noqa: F401  (the one class-names reader, re-exported)
+from .images import open_rgb
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -31,7 +33,8 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 class UnlabeledImages(Dataset):
-    """Images of a folder tree, transformed; a failed read yields ``None`` (see :func:`collate_skipping`)."""
+    """Images of a folder tree (opened with :func:`~caspl_plugin.data.images.open_rgb`), transformed;
+    a failed read yields ``None`` (see :func:`collate_skipping`)."""
 
     def __init__(self, files: Sequence[Path], transform: Callable):
         self.files, self.transform = list(files), transform
@@ -40,12 +43,9 @@ class UnlabeledImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB")), str(path)
+            return self.transform(open_rgb(path)), str(path)
         except Exception as error:  # any unreadable file is skipped, never fatal
             logger.debug("Skipping unreadable image %s: %s", path, error)
             return None, str(path)

@@ -34,11 +34,13 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or any KeyboardInterrupt) during training, with where it happened (1-based)."""
+    """Ctrl-C (or any KeyboardInterrupt) during training: the 1-based ``epoch`` and the ``step``
+    within it where it stopped, and how many epochs the checkpoint on disk holds
+    (``completed_epochs``; None when the loop keeps no checkpoint). Still a ``KeyboardInterrupt``."""
 
-    def __init__(self, epoch: int, step: int):
+    def __init__(self, epoch: int, step: int, completed_epochs: Optional[int] = None):
         super().__init__(f"interrupted at epoch {epoch}, step {step}; resume with --resume")
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.completed_epochs = epoch, step, completed_epochs
 
 
 @dataclass
@@ -51,6 +53,8 @@ class LoopReport:
     skipped: list[str] = field(default_factory=list)
     resumed_from_epoch: Optional[int] = None
     epoch_metrics: list[dict] = field(default_factory=list)
+    #: readable images each epoch's incomplete last global batch leaves out (``drop_last``)
+    left_out_per_epoch: int = 0
 
 
 @dataclass
@@ -219,6 +223,9 @@ def train_epochs(
     means = _MetricMeans()
     started = time.perf_counter()
     epoch, step = start_epoch, 0
+    saved_epochs = start_epoch if save is not None else None
+    drop_last = len(dataset) >= global_batch_size
+    report.left_out_per_epoch = len(dataset) % global_batch_size if drop_last and not hasattr(dataset, "batches") else 0
     objective.train()
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -270,12 +277,13 @@ def train_epochs(
                 if distributed.is_main():
                     save(epoch + 1, report)
                 distributed.barrier()
+                saved_epochs = epoch + 1
             if on_epoch_end is not None:
                 on_epoch_end(epoch, total / count)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt as interrupt:
-        raise TrainingInterrupted(epoch + 1, step + 1) from interrupt
+        raise TrainingInterrupted(epoch + 1, step + 1, saved_epochs) from interrupt
     finally:
         board.close()
     report.seconds = time.perf_counter() - started
