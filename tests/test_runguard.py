@@ -54,12 +54,13 @@ def _no_temporaries(out: Path) -> bool:
 # ---- exact counts ------------------------------------------------------------------------------
 
 def test_skip_count_is_exact_for_every_batch_size(folder, tiny_student, tiny_teacher, monkeypatch):
-    from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, run_distillation, train
+    from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, run_distillation
+    from caspl_plugin.engine import loop
     from caspl_plugin.data.images import probe_images
     from caspl_plugin.data.unlabeled import UnlabeledImages, list_images, train_transform
 
     batches = []  # the batches the loop trains on (the optimisation itself is tested elsewhere)
-    monkeypatch.setattr(train, "training_step", lambda objective, images, *a, **k: batches.append(len(images)) or {"loss": 1.0})
+    monkeypatch.setattr(loop, "synced_step", lambda objective, images, *a, **k: batches.append(len(images)) or {"loss": 1.0})
 
     images, _, bad = folder
     probe = probe_images(list_images(images), workers=2)
