@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts.store import ArtifactError, load_artifact, save_artifact
+from ..data.domains import collate_with_extras
 from ..data.unlabeled import collate_skipping
 from ..engine import epoch_lr, make_optimizer, set_lr, training_step
 from .model import BoostingDistiller
@@ -78,14 +79,14 @@ def save_checkpoint(path: Path, distiller, optimizer, epoch: int, report: Distil
         "epoch_losses": report.epoch_losses,
         "steps": report.steps,
         "skipped": report.skipped,
-        "class_names": list(distiller.student.class_names),
+        "class_names": distiller.class_set_identity(),
     }
     save_artifact(path, _checkpoint_tensors(distiller, optimizer), metadata)
 
 
 def load_checkpoint(path: Path, distiller, optimizer, settings: DistillSettings) -> tuple[int, DistillReport]:
     tensors, metadata = load_artifact(path, expected_format=CHECKPOINT_FORMAT)
-    if metadata["class_names"] != list(distiller.student.class_names):
+    if metadata["class_names"] != distiller.class_set_identity():
         raise ArtifactError(f"Checkpoint {path} was made for other class names; remove it or drop --resume")
     saved = metadata["settings"]
     for key in ("batch_size", "lr", "epochs", "seed", "temperature"):
@@ -132,22 +133,28 @@ def run_distillation(
         lr = epoch_lr(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_lr)
         set_lr(optimizer, lr)
         torch.manual_seed(settings.seed * 100003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            drop_last=len(dataset) >= settings.batch_size,
-            num_workers=settings.num_workers,
-            collate_fn=collate_skipping,
-            generator=torch.Generator().manual_seed(settings.seed * 1000003 + epoch),
-        )
+        generator = torch.Generator().manual_seed(settings.seed * 1000003 + epoch)
+        if hasattr(dataset, "batches"):  # the dataset plans the epoch's batches (e.g. one domain per batch)
+            plan = dataset.batches(epoch, settings.batch_size, generator, len(dataset) >= settings.batch_size)
+            loader = DataLoader(dataset, batch_sampler=plan, num_workers=settings.num_workers, collate_fn=collate_with_extras)
+        else:
+            loader = DataLoader(
+                dataset,
+                batch_size=settings.batch_size,
+                shuffle=True,
+                drop_last=len(dataset) >= settings.batch_size,
+                num_workers=settings.num_workers,
+                collate_fn=collate_skipping,
+                generator=generator,
+            )
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"distill epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
-        for images, _paths, bad in bar:
+        for images, _paths, bad, *rest in bar:
             skipped.update(bad)
             if images is None:
                 continue
-            metrics = training_step(distiller, images, None, optimizer, settings.precision)
+            extras = rest[0] if rest else {}
+            metrics = training_step(distiller, images, None, optimizer, settings.precision, **extras)
             total, count = total + metrics["loss"] * len(images), count + len(images)
             report.steps += 1
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
@@ -174,8 +181,14 @@ def export_artifact(
     dataset: Optional[str],
     settings: DistillSettings,
     report: Optional[DistillReport] = None,
+    domains: Optional[list] = None,
 ):
-    """Write the learned boosting prompts as a :class:`~caspl_plugin.artifacts.BoostingArtifact`."""
+    """Write the learned boosting prompts as a :class:`~caspl_plugin.artifacts.BoostingArtifact`.
+
+    ``domains`` (multi-domain phase 1): one JSON record per domain, e.g.
+    :meth:`caspl_plugin.data.domains.DomainSource.metadata`; the artifact then has no single class
+    list or template (``class_names`` and ``template`` are None) and lists its domains instead.
+    """
     from ..artifacts.boosting import BoostingArtifact
 
     group = distiller.student.boosting
@@ -187,8 +200,9 @@ def export_artifact(
     artifact = BoostingArtifact.from_group_tensors(
         tensors.get("text"), tensors.get("vision"),
         student=student_geometry, teacher=teacher, teacher_weights=teacher_weights,
-        template=distiller.teacher.template, class_names=list(distiller.student.class_names),
-        dataset=dataset, training=training,
+        template=None if domains else distiller.teacher.template,
+        class_names=None if domains else list(distiller.student.class_names),
+        dataset=dataset, training=training, domains=domains,
     )
     artifact.save(path)
     return artifact

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--class-names", help="text file, one class name per line (all classes of the domain)")
     data.add_argument("--dataset", help="dataset name recorded in the artifact (default: the image folder's name)")
     data.add_argument("--demo", action="store_true", help="run on the embedded default: tiny models + a generated image folder")
+    data.add_argument("--domain", nargs="+", action="append", metavar="IMAGES CLASSNAMES TEMPLATE [NAME]",
+                      help="multi-domain (universal) phase 1: one domain, repeat for each; NAME defaults to the image folder's name")
+    data.add_argument("--domains", metavar="MANIFEST", help="multi-domain phase 1 from a JSON/YAML manifest (see caspl_plugin.data.domains)")
+    data.add_argument("--domain-sampling", choices=("size", "even"), default="size",
+                      help="multi-domain: domains in proportion to their image counts (size) or equally often (even)")
     models = parser.add_argument_group("models")
     models.add_argument("--student", default="ViT-B/16", help="student CLIP (Dassl or open_clip name; default ViT-B/16)")
     models.add_argument("--student-weights", help="'openai', another open_clip tag, a local file, or 'random'")
@@ -94,32 +99,58 @@ def _prepare_demo(args) -> None:
         args.batch_size = 16
 
 
+def _domains(args):
+    """The validated domains of a multi-domain run, or None for a single-domain one."""
+    from caspl_plugin.data import domains as multi
+
+    given = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("--demo", args.demo)) if value]
+    if args.domain and args.domains:
+        raise CommandError("use either --domain (repeated) or --domains MANIFEST, not both")
+    if not (args.domain or args.domains):
+        return None
+    if given:
+        raise CommandError(f"{', '.join(given)} cannot be combined with --domain/--domains (each domain names its own images and classes)")
+    try:
+        return multi.read_manifest(args.domains) if args.domains else multi.domains_from_args(args.domain)
+    except (OSError, ValueError) as error:
+        raise CommandError(str(error)) from error
+
+
 def run(args) -> int:
     import torch
 
     from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact, run_distillation
     from caspl_plugin.clip import create_clip
+    from caspl_plugin.data.domains import MultiDomainImages
     from caspl_plugin.data.unlabeled import UnlabeledImages, list_images, read_class_names, train_transform
 
     if args.demo:
         _prepare_demo(args)
-    missing = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output)) if not value]
+    domains = _domains(args)
+    required = (("-o/--output", args.output),) if domains else (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output))
+    missing = [flag for flag, value in required if not value]
     if missing:
         raise CommandError(f"missing {', '.join(missing)} (or use --demo)")
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise CommandError(f"--output must end in .safetensors, got {output}")
     # validate every input before anything is built or written
-    files = list_images(args.images)
-    class_names = read_class_names(args.class_names)
-    template = _template(args.template)
+    if domains:
+        files, class_names, template = [f for d in domains for f in d.files], None, None
+    else:
+        files = list_images(args.images)
+        class_names = read_class_names(args.class_names)
+        template = _template(args.template)
     device = _device(args.device)
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         teacher_scale=args.teacher_scale, precision=args.precision, num_workers=args.workers, seed=args.seed,
     )
     config = BoostingConfig(args.n_text, args.n_vision, args.depth_text, args.depth_vision)
-    logger.info("%d images, %d classes, teacher template %r", len(files), len(class_names), template)
+    for d in domains or ():
+        logger.info("domain %s: %d images, %d classes, teacher template %r", d.name, len(d.files), len(d.classes.class_names), d.classes.template)
+    if not domains:
+        logger.info("%d images, %d classes, teacher template %r", len(files), len(class_names), template)
 
     torch.manual_seed(args.seed)
     student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
@@ -127,18 +158,21 @@ def run(args) -> int:
     distiller = build_distiller(
         student, teacher, class_names, template, config, temperature=args.temperature,
         teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
+        domains=[d.classes for d in domains] if domains else None,
     ).to(device)
     spec = distiller.student.boosting.spec
     logger.info("boosting prompts: %d text x depth %d, %d vision x depth %d (%d parameters)",
                 spec.n_text, spec.depth_text, spec.n_vision, spec.depth_vision,
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
-    dataset = UnlabeledImages(files, train_transform(student.image_size, student.mean, student.std))
+    transform = train_transform(student.image_size, student.mean, student.std)
+    dataset = MultiDomainImages(domains, transform, args.domain_sampling) if domains else UnlabeledImages(files, transform)
     checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
     report = run_distillation(distiller, dataset, settings, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress)
     artifact = export_artifact(
         output, distiller, student.describe(), teacher=args.teacher,
-        teacher_weights=str(teacher.weights), dataset=args.dataset or Path(args.images).name,
-        settings=settings, report=report,
+        teacher_weights=str(teacher.weights),
+        dataset=args.dataset or ("+".join(d.name for d in domains) if domains else Path(args.images).name),
+        settings=settings, report=report, domains=[d.metadata() for d in domains] if domains else None,
     )
     losses = ", ".join(f"{loss:.4f}" for loss in report.epoch_losses)
     print(f"KD loss per epoch: {losses}")
