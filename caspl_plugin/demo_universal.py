@@ -43,15 +43,15 @@ class UniversalSettings:
     seen: Sequence[str] = ("plain", "textured", "outline", "small")
     held_out: str = "pastel"
     sampling: str = "even"
-    unlabeled_per_class: int = 30
-    test_per_class: int = 30
-    shots: int = 16
+    unlabeled_per_class: int = 12
+    test_per_class: int = 15
+    shots: int = 8
     boost_tokens: int = 4
     boost_depth: int = 4
-    boost_steps: int = 300
-    boost_batch: int = 128
+    boost_steps: int = 120
+    boost_batch: int = 96
     boost_lr: float = 5e-3
-    method_epochs: int = 20
+    method_epochs: int = 8
     method_batch: int = 32
     method_lr: float = 2e-3
 
