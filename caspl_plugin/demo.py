@@ -182,13 +182,20 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
 
 
+def _std(values: Sequence[float]) -> float:
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
 def table_rows(result: DemoResult) -> list[dict]:
+    """One row per model: formatted cells, seed means, and the std over seeds (0 for one run)."""
     rows = []
     for name, row in result.rows.items():
         base, novel = statistics.mean(row["base"]), statistics.mean(row["novel"])
+        per_seed_hm = [harmonic_mean(b, n) for b, n in zip(row["base"], row["novel"])]
         rows.append({
             "model": name, "base": _mean_std(row["base"]), "novel": _mean_std(row["novel"]),
             "hm": f"{harmonic_mean(base, novel):.1f}", "base_mean": base, "novel_mean": novel,
+            "base_std": _std(row["base"]), "novel_std": _std(row["novel"]), "hm_std": _std(per_seed_hm),
             "runs": len(row["base"]),
         })
     return rows
@@ -204,54 +211,71 @@ def format_table(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(result: DemoResult) -> list[str]:
+    return ["| model | base | novel | HM |", "|---|---:|---:|---:|",
+            *[f"| {r['model']} | {r['base']} | {r['novel']} | {r['hm']} |" for r in table_rows(result)]]
+
+
+def csv_text(result: DemoResult, seeds: Sequence[int]) -> str:
+    """Seed means, HM, std over seeds and every per-seed value."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["model", "runs", "base_mean", "novel_mean", "hm", "base_std", "novel_std",
+                     *[f"base_seed{s}" for s in seeds], *[f"novel_seed{s}" for s in seeds]])
+    for name, row in result.rows.items():
+        base, novel = statistics.mean(row["base"]), statistics.mean(row["novel"])
+        pad = [""] * (len(seeds) - len(row["base"]))
+        writer.writerow([name, len(row["base"]), f"{base:.2f}", f"{novel:.2f}", f"{harmonic_mean(base, novel):.2f}",
+                         f"{_std(row['base']):.2f}", f"{_std(row['novel']):.2f}",
+                         *[f"{v:.2f}" for v in row["base"]], *pad, *[f"{v:.2f}" for v in row["novel"]], *pad])
+    return buffer.getvalue()
+
+
+def seed_caption(seeds: Sequence[int]) -> str:
+    """How the chart and tables name the seeds of the run (exactly the seeds that ran)."""
+    listed = ", ".join(map(str, seeds))
+    return f"seed {listed}" if len(seeds) == 1 else f"seeds {listed}"
+
+
 def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict[str, Path]:
-    """Markdown and CSV tables and a base/novel/HM bar chart; returns their paths."""
+    """Markdown and CSV tables and a base/novel/HM bar chart with ± std error bars; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(result)
-    seeds = ", ".join(map(str, settings.seeds))
+    seeds = seed_caption(settings.seeds)
     markdown = [
-        f"# CasPL demo on ToyShapes (seeds {seeds})", "",
+        f"# CasPL demo on ToyShapes ({seeds})", "",
         "Accuracy (%) on base classes (among base) and novel classes (among novel); HM of the seed means.", "",
-        "| model | base | novel | HM |", "|---|---:|---:|---:|",
-        *[f"| {r['model']} | {r['base']} | {r['novel']} | {r['hm']} |" for r in rows], "",
+        *markdown_table(result), "",
         f"Time: {result.seconds.get('total', 0):.0f} s (boosting {result.seconds.get('boosting', 0):.0f} s, "
         f"adapting {result.seconds.get('adapting', 0):.0f} s).", "",
     ]
     paths = {"markdown": out / "demo_results.md", "csv": out / "demo_results.csv"}
     atomic_write(paths["markdown"], "\n".join(markdown).encode())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["model", "runs", "base_mean", "novel_mean", "hm", *[f"base_seed{s}" for s in settings.seeds], *[f"novel_seed{s}" for s in settings.seeds]])
-    for name, row in result.rows.items():
-        base, novel = statistics.mean(row["base"]), statistics.mean(row["novel"])
-        pad = [""] * (len(settings.seeds) - len(row["base"]))
-        writer.writerow([name, len(row["base"]), f"{base:.2f}", f"{novel:.2f}", f"{harmonic_mean(base, novel):.2f}",
-                         *[f"{v:.2f}" for v in row["base"]], *pad, *[f"{v:.2f}" for v in row["novel"]], *pad])
-    atomic_write(paths["csv"], buffer.getvalue().encode())
-    try:
-        paths["chart"] = _chart(rows, out / "demo_results.png", seeds)
-    except ImportError:
-        logger.warning("matplotlib is not installed: no chart (pip install matplotlib)")
+    atomic_write(paths["csv"], csv_text(result, settings.seeds).encode())
+    paths["chart"] = chart(table_rows(result), out / "demo_results.png", f"CasPL on ToyShapes ({seeds})", seeds)
     return paths
 
 
-def _chart(rows: list[dict], path: Path, seeds: str) -> Path:
+def chart(rows: list[dict], path: Path, title: str, seeds: str) -> Path:
+    """Grouped bars (base, novel, HM) per model with ± std over seeds as error bars; PNG via atomic_write."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(max(9, 1.25 * len(rows)), 4.6))
     width = 0.27
     x = range(len(rows))
-    for i, (key, label) in enumerate((("base_mean", "base"), ("novel_mean", "novel"), ("hm", "HM"))):
-        values = [float(r[key]) for r in rows]
-        bars = ax.bar([j + (i - 1) * width for j in x], values, width, label=label)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    for i, (key, label) in enumerate((("base", "base"), ("novel", "novel"), ("hm", "HM"))):
+        values = [float(r[f"{key}_mean"] if key != "hm" else r["hm"]) for r in rows]
+        errors = [float(r[f"{key}_std"]) for r in rows]
+        bars = ax.bar([j + (i - 1) * width for j in x], values, width, yerr=errors, capsize=3,
+                      error_kw={"elinewidth": 1}, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
     ax.set_xticks(list(x), [r["model"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel(f"model (error bars: ± std over phase-2 {seeds}; rows run once have none)", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 118)
-    ax.set_title(f"CasPL on ToyShapes (seeds {seeds})")
+    ax.set_title(title)
     ax.legend(ncol=3, fontsize=8, loc="upper center")
     fig.tight_layout()
     buffer = io.BytesIO()

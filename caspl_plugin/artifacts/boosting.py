@@ -72,11 +72,14 @@ class BoostingArtifact:
         dataset: Optional[str] = None,
         training: Optional[Mapping[str, Any]] = None,
         source: Optional[Mapping[str, Any]] = None,
+        domains: Optional[Sequence[Mapping[str, Any]]] = None,
     ) -> "BoostingArtifact":
         """Build an artifact from a prompt group's per-encoder ``[depth, n, width]`` tensors.
 
         ``student`` is the Backbone the prompts were learned on, or its ``describe()`` output. An
-        encoder without prompts gets ``None`` (or a tensor with 0 tokens).
+        encoder without prompts gets ``None`` (or a tensor with 0 tokens). ``domains`` (universal
+        boosting prompts from several domains): one record per domain with ``name``, ``num_classes``,
+        ``class_names_sha256``, ``template``, ``num_images`` (and optionally ``class_names``).
         """
         from caspl_plugin import __version__
 
@@ -111,6 +114,8 @@ class BoostingArtifact:
         }
         if source is not None:
             metadata["source"] = dict(source)
+        if domains:
+            metadata["domains"] = [dict(d) for d in domains]
         artifact = cls(tensors, metadata)
         artifact.validate()
         return artifact
@@ -144,6 +149,11 @@ class BoostingArtifact:
     @property
     def class_names(self) -> Optional[list[str]]:
         return self.metadata.get("class_names")
+
+    @property
+    def domains(self) -> Optional[list[dict]]:
+        """The domains of a multi-domain (universal) artifact, None for a per-domain one."""
+        return self.metadata.get("domains")
 
     @property
     def content_sha256(self) -> Optional[str]:
@@ -205,6 +215,8 @@ class BoostingArtifact:
         if names is not None:
             if meta.get("num_classes") != len(names) or meta.get("class_names_sha256") != class_names_sha256(names):
                 raise ArtifactError(f"{origin}: class_names do not match num_classes / class_names_sha256")
+        if "domains" in meta:
+            _validate_domains(meta["domains"], origin)
 
     def check_compatible(self, student_geometry: Any) -> None:
         """Raise :class:`ArtifactMismatchError` listing every field that does not fit ``student_geometry``.
@@ -238,3 +250,25 @@ class BoostingArtifact:
                 "%s was learned on %s, loading it into %s (widths and depths fit)",
                 self._origin, ours["backbone"], student["backbone"],
             )
+
+
+_DOMAIN_FIELDS = {"name": str, "num_classes": int, "class_names_sha256": str, "template": str, "num_images": int}
+
+
+def _validate_domains(domains: Any, origin: str) -> None:
+    """The ``domains`` list of a multi-domain artifact: one record per domain, unique names."""
+    if not isinstance(domains, list) or not domains:
+        raise ArtifactError(f"{origin}: metadata field 'domains' must be a non-empty list")
+    names = []
+    for i, record in enumerate(domains):
+        if not isinstance(record, dict):
+            raise ArtifactError(f"{origin}: domains[{i}] is not an object")
+        bad = [key for key, kind in _DOMAIN_FIELDS.items() if not isinstance(record.get(key), kind)]
+        if bad:
+            raise ArtifactError(f"{origin}: domains[{i}] lacks or mistypes {', '.join(bad)}")
+        listed = record.get("class_names")
+        if listed is not None and (len(listed) != record["num_classes"] or class_names_sha256(listed) != record["class_names_sha256"]):
+            raise ArtifactError(f"{origin}: domains[{i}] ({record['name']!r}) class_names do not match num_classes / class_names_sha256")
+        names.append(record["name"])
+    if len(set(names)) != len(names):
+        raise ArtifactError(f"{origin}: duplicate domain names in 'domains': {names}")

@@ -77,15 +77,23 @@ class ZeroShotTeacher(nn.Module):
             features = clip.encode_text(clip.text_inputs(self.class_names, template=template))
         self.register_buffer("text_features", F.normalize(features.float(), dim=-1), persistent=False)
 
+    @torch.no_grad()
+    def class_features(self, class_names: Sequence[str], template: str) -> Tensor:
+        """Normalised class text features ``[C, D]`` of another class set (multi-domain phase 1)."""
+        names = tuple(str(n).replace("_", " ") for n in class_names)
+        features = self.clip.encode_text(self.clip.text_inputs(names, template=template))
+        return F.normalize(features.float(), dim=-1).to(self.text_features.device)
+
     def train(self, mode: bool = True) -> "ZeroShotTeacher":
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, scale: Optional[Tensor] = None) -> Tensor:
-        """Teacher logits ``[B, C]`` = scale · cos(image, class text); its own scale by default."""
+    def forward(self, images: Tensor, scale: Optional[Tensor] = None, text_features: Optional[Tensor] = None) -> Tensor:
+        """Teacher logits ``[B, C]`` = scale · cos(image, class text); its own scale and class set by default."""
         image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
         scale = self.clip.logit_scale if scale is None else scale
-        return scale * image @ self.text_features.t()
+        text_features = self.text_features if text_features is None else text_features
+        return scale * image @ text_features.t()
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -114,17 +122,63 @@ class BoostingDistiller(nn.Module):
             raise ValueError("Student and teacher must use the same class names in the same order")
         self.student, self.teacher = student, teacher
         self.temperature, self.teacher_scale = float(temperature), teacher_scale
+        self.domains: tuple = ()
 
-    def teacher_logits(self, images: Tensor) -> Tensor:
+    def set_domains(self, domains: Sequence) -> None:
+        """Several class sets (multi-domain phase 1), each with ``name``, ``class_names``, ``template``:
+        the teacher's class features per domain are computed once here; each batch selects its
+        domain's class set (``loss(..., domain=...)``) for the teacher and the student."""
+        domains = tuple(domains)
+        if not domains:
+            raise ValueError("set_domains needs at least one domain")
+        for i, d in enumerate(domains):
+            self.register_buffer(f"domain_text_features_{i}", self.teacher.class_features(d.class_names, d.template), persistent=False)
+        self.domains = domains
+        self.student.set_class_names(domains[0].class_names)
+
+    def class_set_identity(self) -> list:
+        """What a checkpoint must match: the class names, or every domain's name, classes and template."""
+        if not self.domains:
+            return list(self.student.class_names)
+        return [{"name": d.name, "class_names": list(d.class_names), "template": d.template} for d in self.domains]
+
+    def select_domain(self, domain: Optional[Tensor]) -> Optional[int]:
+        """The batch's domain index (None: single class set); switches the student's class set."""
+        if domain is None:
+            if len(self.domains) > 1:
+                raise ValueError(f"this distiller has {len(self.domains)} domains: loss() needs the batch's domain")
+            return None
+        domain = torch.as_tensor(domain).reshape(-1)
+        index = int(domain[0])
+        if bool((domain != index).any()):
+            raise ValueError(f"a batch mixes domains {sorted(set(domain.tolist()))}: every batch must come from one domain")
+        if not self.domains:
+            if index != 0:
+                raise ValueError(f"domain {index} given, but this distiller has one class set")
+            return None
+        if not 0 <= index < len(self.domains):
+            raise ValueError(f"domain {index} out of range: this distiller has {len(self.domains)} domains")
+        names = tuple(str(n).replace("_", " ") for n in self.domains[index].class_names)
+        if self.student.class_names != names:
+            self.student.set_class_names(names)
+        return index
+
+    def teacher_logits(self, images: Tensor, domain: Optional[int] = None) -> Tensor:
         scale = self.student.clip.logit_scale if self.teacher_scale == "student" else None
         images = _resize_for(self.teacher.clip, images)
-        return self.teacher(images, scale=scale)
+        features = None if domain is None or not self.domains else getattr(self, f"domain_text_features_{domain}")
+        return self.teacher(images, scale=scale, text_features=features)
 
-    def loss(self, images: Tensor, labels: Optional[Tensor] = None, teacher_logits: Optional[Tensor] = None) -> tuple[Tensor, dict]:
-        """KD loss on a batch; ``labels`` are accepted for a uniform signature and never read."""
+    def loss(self, images: Tensor, labels: Optional[Tensor] = None, teacher_logits: Optional[Tensor] = None,
+             *, domain: Optional[Tensor] = None) -> tuple[Tensor, dict]:
+        """KD loss on a batch; ``labels`` are accepted for a uniform signature and never read.
+
+        ``domain`` (multi-domain: one index per sample, all equal) selects the batch's class set.
+        """
         del labels
+        index = self.select_domain(domain)
         if teacher_logits is None:
-            teacher_logits = self.teacher_logits(images)
+            teacher_logits = self.teacher_logits(images, index)
         student_logits = self.student(images)
         loss = kd_loss(student_logits, teacher_logits.to(student_logits.device), self.temperature)
         agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean()
@@ -155,15 +209,25 @@ def build_distiller(
     temperature: float = 1.0,
     teacher_scale: str = "own",
     generator: Optional[torch.Generator] = None,
+    domains: Optional[Sequence] = None,
 ) -> BoostingDistiller:
-    """Student (frozen CLIP + learnable boosting group) and zero-shot teacher, ready to train."""
+    """Student (frozen CLIP + learnable boosting group) and zero-shot teacher, ready to train.
+
+    ``domains`` (multi-domain phase 1: objects with ``name``, ``class_names``, ``template``, e.g.
+    :class:`caspl_plugin.data.domains.DomainClassSet`) replace ``class_names`` and ``template``.
+    """
+    if domains:
+        class_names, template = domains[0].class_names, domains[0].template
     if len(class_names) < 2:
         raise ValueError(f"got {len(class_names)} class name(s); {PHASE1_MIN_CLASSES}")
     student_clip, teacher_clip = PromptedCLIP(student), PromptedCLIP(teacher)
     group = make_boosting_group(student_clip, config, generator=generator)
-    return BoostingDistiller(
+    distiller = BoostingDistiller(
         boosting_student(student_clip, class_names, group),
         ZeroShotTeacher(teacher_clip, class_names, template),
         temperature=temperature,
         teacher_scale=teacher_scale,
     )
+    if domains:
+        distiller.set_domains(domains)
+    return distiller

@@ -66,14 +66,14 @@ def save_checkpoint(path: Path, distiller, optimizer, epoch: int, report: Distil
     engine_checkpoint.save_checkpoint(
         path, format=CHECKPOINT_FORMAT, tensors=tensors, optimizer=optimizer, next_epoch=epoch, report=report,
         identity=_identity(settings),
-        metadata={"settings": asdict(settings), "class_names": list(distiller.student.class_names)},
+        metadata={"settings": asdict(settings), "class_names": distiller.class_set_identity()},
     )
 
 
 def load_checkpoint(path: Path, distiller, optimizer, settings: DistillSettings) -> tuple[int, DistillReport]:
     next_epoch, report, tensors, metadata = engine_checkpoint.load_checkpoint(
         path, format=CHECKPOINT_FORMAT, optimizer=optimizer, identity=_identity(settings))
-    if metadata["class_names"] != list(distiller.student.class_names):
+    if metadata["class_names"] != distiller.class_set_identity():
         raise ArtifactError(f"Checkpoint {path} was made for other class names; remove it or drop --resume")
     distiller.student.boosting.load_tensors({k[len("prompt."):]: v for k, v in tensors.items() if k.startswith("prompt.")})
     return next_epoch, report
@@ -134,8 +134,14 @@ def export_artifact(
     dataset: Optional[str],
     settings: DistillSettings,
     report: Optional[DistillReport] = None,
+    domains: Optional[list] = None,
 ):
-    """Write the learned boosting prompts as a :class:`~caspl_plugin.artifacts.BoostingArtifact`."""
+    """Write the learned boosting prompts as a :class:`~caspl_plugin.artifacts.BoostingArtifact`.
+
+    ``domains`` (multi-domain phase 1): one JSON record per domain, e.g.
+    :meth:`caspl_plugin.data.domains.DomainSource.metadata`; the artifact then has no single class
+    list or template (``class_names`` and ``template`` are None) and lists its domains instead.
+    """
     from ..artifacts.boosting import BoostingArtifact
 
     group = distiller.student.boosting
@@ -148,8 +154,9 @@ def export_artifact(
     artifact = BoostingArtifact.from_group_tensors(
         tensors.get("text"), tensors.get("vision"),
         student=student_geometry, teacher=teacher, teacher_weights=teacher_weights,
-        template=distiller.teacher.template, class_names=list(distiller.student.class_names),
-        dataset=dataset, training=training,
+        template=None if domains else distiller.teacher.template,
+        class_names=None if domains else list(distiller.student.class_names),
+        dataset=dataset, training=training, domains=domains,
     )
     artifact.save(path)
     return artifact

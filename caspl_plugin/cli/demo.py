@@ -1,4 +1,8 @@
-"""``caspl demo``: CasPL end to end on the embedded toy domain and tiny pre-trained CLIPs."""
+"""``caspl demo``: CasPL end to end on the embedded toy domain and tiny pre-trained CLIPs.
+
+``caspl demo --universal``: universal boosting prompts (one phase 1 for several toy domains),
+measured on a held-out domain and on the seen ones (see :mod:`caspl_plugin.demo_universal`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,18 +13,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="folder for the result table (Markdown, CSV) and chart")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="phase-2 seeds (default 1 2 3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
+    parser.add_argument("--universal", action="store_true",
+                        help="universal boosting prompts: trained on several toy domains, measured on a held-out one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from caspl_plugin.demo import DemoSettings, format_table, run_demo, write_outputs
-
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+    if args.universal:
+        return _run_universal(args)
+    from caspl_plugin.demo import DemoSettings, format_table, run_demo, write_outputs
+
     settings = DemoSettings.quick(seeds=tuple(args.seeds or (1,))) if args.quick else DemoSettings(seeds=tuple(args.seeds or (1, 2, 3)))
     result = run_demo(settings, progress=not args.no_progress)
     print(format_table(result))
     paths = write_outputs(result, Path(args.out), settings)
     print(f"\n{result.seconds['total']:.0f} s in all (boosting {result.seconds['boosting']:.0f} s, "
           f"adapting {result.seconds['adapting']:.0f} s); wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_universal(args) -> int:
+    from caspl_plugin.demo import format_table
+    from caspl_plugin.demo_universal import UniversalSettings, run_universal_demo, verdict, write_universal_outputs
+
+    seeds = tuple(args.seeds or ((1,) if args.quick else (1, 2, 3)))
+    settings = UniversalSettings.quick(seeds=seeds) if args.quick else UniversalSettings(seeds=seeds)
+    result = run_universal_demo(settings, progress=not args.no_progress)
+    print(f"Universal boosting prompts: trained on {', '.join(settings.seen)}; held-out domain {settings.held_out}\n")
+    print(f"held-out domain: {settings.held_out}")
+    print(format_table(result.held_out))
+    print("\nseen domains")
+    print(format_table(result.seen))
+    print("\n" + verdict(result))
+    paths = write_universal_outputs(result, Path(args.out), settings)
+    print(f"\n{result.seconds['total']:.0f} s in all; wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

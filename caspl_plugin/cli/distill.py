@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--class-names", help="text file, one class name per line (all classes of the domain)")
     data.add_argument("--dataset", help="dataset name recorded in the artifact (default: the image folder's name)")
     data.add_argument("--demo", action="store_true", help="run on the embedded default: tiny models + a generated image folder")
+    data.add_argument("--domain", nargs="+", action="append", metavar="IMAGES CLASSNAMES TEMPLATE [NAME]",
+                      help="multi-domain (universal) phase 1: one domain, repeat for each; NAME defaults to the image folder's name")
+    data.add_argument("--domains", metavar="MANIFEST", help="multi-domain phase 1 from a JSON/YAML manifest (see caspl_plugin.data.domains)")
+    data.add_argument("--domain-sampling", choices=("size", "even"), default="size",
+                      help="multi-domain: domains in proportion to their image counts (size) or equally often (even)")
     models = parser.add_argument_group("models")
     models.add_argument("--student", default="ViT-B/16", help="student CLIP (Dassl or open_clip name; default ViT-B/16)")
     models.add_argument("--student-weights", help="'openai', another open_clip tag, a local file, or 'random'")
@@ -137,6 +142,23 @@ def _prepare_demo(args) -> None:
         args.batch_size = 16
 
 
+def _domains(args):
+    """The validated domains of a multi-domain run, or None for a single-domain one."""
+    from caspl_plugin.data import domains as multi
+
+    given = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("--demo", args.demo)) if value]
+    if args.domain and args.domains:
+        raise CommandError("use either --domain (repeated) or --domains MANIFEST, not both")
+    if not (args.domain or args.domains):
+        return None
+    if given:
+        raise CommandError(f"{', '.join(given)} cannot be combined with --domain/--domains (each domain names its own images and classes)")
+    try:
+        return multi.read_manifest(args.domains) if args.domains else multi.domains_from_args(args.domain)
+    except (OSError, ValueError) as error:
+        raise CommandError(str(error)) from error
+
+
 def run(args) -> int:
     from caspl_plugin import distributed
 
@@ -156,8 +178,9 @@ def _run(args, device) -> int:
 
     if args.demo:
         args.output = args.output or str(Path(args.out) / "boosting.safetensors")
+    multi_domain = bool(args.domain or args.domains)
     missing = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("-o/--output", args.output))
-               if not value and not (args.demo and flag != "-o/--output")]
+               if not value and not ((args.demo or multi_domain) and flag != "-o/--output")]
     if missing:
         raise CommandError(f"missing {', '.join(missing)} (or use --demo)")
     output = Path(args.output)
@@ -182,7 +205,8 @@ def _run(args, device) -> int:
 
 
 def _validate_inputs(args):
-    """The image list, class names, template and settings, all checked; nothing is written."""
+    """The image list, class names, template (or the domains of a multi-domain run) and settings,
+    all checked; nothing is written."""
     from caspl_plugin.boosting import DistillSettings
     from caspl_plugin.boosting.model import PHASE1_MIN_CLASSES
     from caspl_plugin.data.classnames import read_class_names
@@ -190,9 +214,13 @@ def _validate_inputs(args):
 
     from .runguard import warmup_warning
 
-    files = list_images(args.images)
-    class_names = read_class_names(args.class_names, min_classes=2, purpose=PHASE1_MIN_CLASSES)
-    template = _template(args.template)
+    domains = _domains(args)
+    if domains:
+        files, class_names, template = [f for d in domains for f in d.files], None, None
+    else:
+        files = list_images(args.images)
+        class_names = read_class_names(args.class_names, min_classes=2, purpose=PHASE1_MIN_CLASSES)
+        template = _template(args.template)
     check_tensorboard(args.tensorboard)
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
@@ -201,7 +229,7 @@ def _validate_inputs(args):
     warning = warmup_warning(settings.epochs, settings.warmup_epochs, settings.warmup_lr, settings.lr)
     if warning:
         print(f"caspl distill: warning: {warning}", file=sys.stderr)
-    return files, class_names, template, settings
+    return files, class_names, template, settings, domains
 
 
 def _probe(files, args):
@@ -218,18 +246,31 @@ def _probe(files, args):
     return probe.readable, {str(path): reason for path, reason in probe.unreadable}
 
 
-def _distill(args, device, output: Path, checkpoint: Path, files, class_names, template, settings) -> int:
+def _distill(args, device, output: Path, checkpoint: Path, files, class_names, template, settings, domains) -> int:
+    import dataclasses
+
     import torch
 
     from caspl_plugin import distributed
     from caspl_plugin.boosting import BoostingConfig, build_distiller, export_artifact, run_distillation
     from caspl_plugin.clip import create_clip
+    from caspl_plugin.data.domains import MultiDomainImages
     from caspl_plugin.data.unlabeled import UnlabeledImages, train_transform
 
     readable, reasons = _probe(files, args)
     config = BoostingConfig(args.n_text, args.n_vision, args.depth_text, args.depth_vision)
-    logger.info("%d images (%d unreadable), %d classes, teacher template %r",
-                len(files), len(reasons), len(class_names), template)
+    if domains:
+        kept = {str(path) for path in readable}
+        domains = [dataclasses.replace(d, files=tuple(f for f in d.files if str(f) in kept)) for d in domains]
+        empty = [d.name for d in domains if not d.files]
+        if empty:
+            raise CommandError(f"domain(s) {empty} have no readable image")
+        for d in domains:
+            logger.info("domain %s: %d images, %d classes, teacher template %r",
+                        d.name, len(d.files), len(d.classes.class_names), d.classes.template)
+    else:
+        logger.info("%d images (%d unreadable), %d classes, teacher template %r",
+                    len(files), len(reasons), len(class_names), template)
 
     torch.manual_seed(args.seed)
     student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
@@ -237,12 +278,14 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
     distiller = build_distiller(
         student, teacher, class_names, template, config, temperature=args.temperature,
         teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
+        domains=[d.classes for d in domains] if domains else None,
     ).to(device)
     spec = distiller.student.boosting.spec
     logger.info("boosting prompts: %d text x depth %d, %d vision x depth %d (%d parameters)",
                 spec.n_text, spec.depth_text, spec.n_vision, spec.depth_vision,
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
-    dataset = UnlabeledImages(readable, train_transform(student.image_size, student.mean, student.std))
+    transform = train_transform(student.image_size, student.mean, student.std)
+    dataset = MultiDomainImages(domains, transform, args.domain_sampling) if domains else UnlabeledImages(readable, transform)
     if distributed.world_size() > 1:
         say(f"torchrun: {distributed.world_size()} processes, global batch {settings.batch_size} x "
             f"{distributed.world_size()} = {settings.batch_size * distributed.world_size()}, lr {settings.lr} (as given)")
@@ -252,8 +295,9 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
     if distributed.is_main():
         artifact = export_artifact(
             output, distiller, student.describe(), teacher=args.teacher,
-            teacher_weights=str(teacher.weights), dataset=args.dataset or Path(args.images).name,
-            settings=settings, report=report,
+            teacher_weights=str(teacher.weights),
+            dataset=args.dataset or ("+".join(d.name for d in domains) if domains else Path(args.images).name),
+            settings=settings, report=report, domains=[d.metadata() for d in domains] if domains else None,
         )
         losses = ", ".join(f"{loss:.4f}" for loss in report.epoch_losses)
         print(f"KD loss per epoch: {losses}")

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
-import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from .classnames import read_class_names  # noqa: F401  (the one class-names reader, re-exported)
@@ -34,7 +32,7 @@ def list_images(root: str | Path) -> list[Path]:
 
 class UnlabeledImages(Dataset):
     """Images of a folder tree (opened with :func:`~caspl_plugin.data.images.open_rgb`), transformed;
-    a failed read yields ``None`` (see :func:`collate_skipping`)."""
+    a failed read yields ``None`` (the engine's :func:`~caspl_plugin.engine.collate_items` skips and counts it)."""
 
     def __init__(self, files: Sequence[Path], transform: Callable):
         self.files, self.transform = list(files), transform
@@ -49,14 +47,6 @@ class UnlabeledImages(Dataset):
         except Exception as error:  # any unreadable file is skipped, never fatal
             logger.debug("Skipping unreadable image %s: %s", path, error)
             return None, str(path)
-
-
-def collate_skipping(samples) -> tuple[Optional[Tensor], list[str], list[str]]:
-    """Batch the readable images; return ``(images or None, paths, skipped_paths)``."""
-    good = [(img, path) for img, path in samples if img is not None]
-    skipped = [path for img, path in samples if img is None]
-    images = torch.stack([img for img, _ in good]) if good else None
-    return images, [path for _, path in good], skipped
 
 
 def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], scale=(0.08, 1.0)):

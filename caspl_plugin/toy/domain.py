@@ -34,6 +34,7 @@ __all__ = [
     "class_names", "base_classes", "novel_classes", "base_labels", "novel_labels", "is_base",
     "generate", "captions", "size_word", "position_phrase", "shape_mask",
     "write_image_folder", "write_coop_layout", "COOP_DATASET_DIR", "COOP_SPLIT_FILE",
+    "VARIANTS", "VARIANT_TEMPLATES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,37 +204,84 @@ def _coverage(shape_ids: torch.Tensor, centres: torch.Tensor, sizes: torch.Tenso
     return F.avg_pool2d(inside[:, None], supersample)[:, 0]
 
 
+#: Domain variants: the same 36 classes and base/novel split, other image statistics.
+VARIANTS: Dict[str, str] = {
+    "default": "filled shapes over a tinted, smoothly varying background (the shipped CLIPs' domain)",
+    "plain": "filled shapes over one flat grey background, no background variation",
+    "textured": "filled shapes over a high-contrast striped background (random frequency and angle)",
+    "outline": "outline-only shapes (a ring of the shape's border) over the default background",
+    "small": "the default rendering with shapes at 70 % of the size",
+    "pastel": "another palette: washed-out (low-saturation) shapes over a light background",
+}
+#: A hand-made teacher template per variant, from the captions the toy CLIPs were trained on.
+VARIANT_TEMPLATES: Dict[str, str] = {
+    "default": "a photo of a {}.", "plain": "a photo of a {}.", "textured": "a {} on a noisy background.",
+    "outline": "a drawing of a {}.", "small": "an image of a {}.", "pastel": "a {}.",
+}
+OUTLINE_INNER = 0.45     # the outline is the shape minus the same shape scaled by this factor
+SMALL_SCALE = 0.7
+
+
 def generate(num_per_class: Optional[int] = None, seed: int = 0, image_size: int = 32, *,
-             labels: Optional[Union[Sequence[int], torch.Tensor]] = None, supersample: int = 2) -> ToyBatch:
+             labels: Optional[Union[Sequence[int], torch.Tensor]] = None, supersample: int = 2,
+             variant: str = "default") -> ToyBatch:
     """Render images for ``num_per_class`` images of every class (grouped by label) or for given ``labels``.
 
-    Deterministic by ``seed``; all randomness comes from a local generator.
+    ``variant`` (see :data:`VARIANTS`) changes the image statistics, never the classes. Deterministic by
+    ``seed``; all randomness comes from a local generator (``"default"`` draws exactly what it always did).
     """
     labels = _as_labels(num_per_class, labels)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
     n = len(labels)
     generator = torch.Generator().manual_seed(int(seed))
     table = torch.tensor(CLASSES, dtype=torch.long)
     colour_ids, shape_ids = table[labels, 0], table[labels, 1]
 
     sizes = _uniform(n, *SIZE_RANGE, generator)
+    if variant == "small":
+        sizes = sizes * SMALL_SCALE
     # keep the whole shape (which fits the unit disk) inside the image
     centres = (torch.rand(n, 2, generator=generator) * 2 - 1) * (1 - sizes)[:, None]
     angles = _uniform(n, -MAX_ROTATION_DEG, MAX_ROTATION_DEG, generator) * math.pi / 180
     hues = torch.tensor(list(COLOURS.values()))[colour_ids] + _uniform(n, -HUE_JITTER_DEG, HUE_JITTER_DEG, generator)
-    foreground = _hsv_to_rgb(hues, _uniform(n, 0.75, 1.0, generator), _uniform(n, 0.8, 1.0, generator))
+    saturation, value = _uniform(n, 0.75, 1.0, generator), _uniform(n, 0.8, 1.0, generator)
+    if variant == "pastel":
+        saturation = saturation * 0.6
+    foreground = _hsv_to_rgb(hues, saturation, value)
     background = _hsv_to_rgb(_uniform(n, 0.0, 360.0, generator), _uniform(n, 0.0, 0.3, generator),
                              _uniform(n, 0.1, 0.55, generator))
+    if variant == "pastel":
+        background = 0.45 + 0.5 * background
     smooth = torch.randn(n, 3, 4, 4, generator=generator) * BACKGROUND_NOISE_STD
     smooth = F.interpolate(smooth, size=(image_size, image_size), mode="bilinear", align_corners=False)
     pixel_noise = torch.randn(n, 3, image_size, image_size, generator=generator) * PIXEL_NOISE_STD
+    backdrop = background[:, :, None, None] + smooth
+    if variant == "plain":
+        backdrop = torch.full_like(backdrop, 0.35)
+    elif variant == "textured":
+        backdrop = backdrop + _stripes(n, image_size, generator)
 
     coverage = _coverage(shape_ids, centres, sizes, angles, image_size, supersample)
+    if variant == "outline":
+        inner = _coverage(shape_ids, centres, sizes * OUTLINE_INNER, angles, image_size, supersample)
+        coverage = (coverage - inner).clamp_(0.0, 1.0)
     alpha = coverage[:, None]
-    images = (1 - alpha) * (background[:, :, None, None] + smooth) + alpha * foreground[:, :, None, None]
+    images = (1 - alpha) * backdrop + alpha * foreground[:, :, None, None]
     images = (images + pixel_noise).clamp_(0.0, 1.0)
     return ToyBatch(images, labels, sizes, centres, coverage >= 0.5)
+
+
+def _stripes(n: int, image_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Grey stripes ``[N, 1, H, W]`` of amplitude ±0.2, random period (3-8 px), angle and phase."""
+    axis = torch.arange(image_size, dtype=torch.float32)
+    angle = _uniform(n, 0.0, math.pi, generator)[:, None, None]
+    period = _uniform(n, 3.0, 8.0, generator)[:, None, None]
+    phase = _uniform(n, 0.0, 2 * math.pi, generator)[:, None, None]
+    along = axis[None, None, :] * torch.cos(angle) + axis[None, :, None] * torch.sin(angle)
+    return (0.2 * torch.sign(torch.sin(2 * math.pi * along / period + phase)))[:, None]
 
 
 # --- captions ---
@@ -348,10 +396,10 @@ def _publish(build: Callable[[Path], None], target: Path, overwrite: bool) -> Pa
 
 
 def write_image_folder(root: Union[str, Path], num_per_class: int, seed: int = 0, image_size: int = 32,
-                       overwrite: bool = False) -> ImageFolderPaths:
+                       overwrite: bool = False, variant: str = "default") -> ImageFolderPaths:
     """Write an unlabeled image folder for phase 1: ``root/images/<a>/<b>/img_<k>.png`` (shuffled, so
     neither folder nor name reveals the class) and ``root/classnames.txt`` (all classes, label order)."""
-    batch = generate(num_per_class, seed=seed, image_size=image_size)
+    batch = generate(num_per_class, seed=seed, image_size=image_size, variant=variant)
     order = torch.randperm(len(batch.labels), generator=torch.Generator().manual_seed(_split_seeds(seed, 1)[0]))
 
     def build(staging: Path) -> None:

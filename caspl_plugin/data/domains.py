@@ -1,0 +1,230 @@
+"""Several domains as one phase-1 data source: universal boosting prompts.
+
+A *domain* is unlabeled images + its own class names + its own teacher template + a name. The
+distiller keeps one class set per domain (teacher and student class features per domain); this
+module makes sure that **every batch comes from one domain**: :class:`MultiDomainImages` returns
+the epoch's global batches from :meth:`~MultiDomainImages.batches` (the training loop's batch-plan
+hook) and tags every item with ``{"domain": LongTensor[]}`` (per-sample extras the loop passes to
+``BoostingDistiller.loss(..., domain=...)``).
+
+Sampling (``--domain-sampling``):
+
+- ``size`` — each domain's images are shuffled and cut into batches, then all batches of all domains
+  are shuffled together: every image once per epoch, domains appear in proportion to their image
+  counts.
+- ``even`` — every domain gives the same number of full batches per epoch, that of the largest
+  domain: a smaller domain is resampled (fresh permutations of it, concatenated, until it fills its
+  batches), so every image of every domain is seen at least once per epoch and the largest domain's
+  once (plus the fill of its last batch when ``drop_last`` is off).
+
+With ``size``, a domain with fewer images than the batch size gives one partial batch (it is never
+dropped); ``drop_last`` drops only the partial last batch of a domain that has full ones. Everything is drawn
+from the generator the loop seeds per epoch, so a resumed run replays the same batches.
+
+Domains are described on the command line (``--domain IMAGES CLASSNAMES TEMPLATE [NAME]``,
+repeatable) or in a manifest (JSON or YAML)::
+
+    {"domains": [
+      {"name": "pets", "images": "pets/images", "class_names": "pets/classnames.txt",
+       "template": "a photo of a {}, a type of pet."},
+      {"name": "dtd", "images": "dtd/images", "class_names": "dtd/classnames.txt", "template": "DescribableTextures"}
+    ]}
+
+Relative paths in a manifest are relative to the manifest's folder; a template without ``{}`` is a
+dataset name whose CoOp template is used.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .unlabeled import UnlabeledImages, list_images, read_class_names
+
+logger = logging.getLogger(__name__)
+
+SAMPLING = ("size", "even")
+
+
+@dataclass(frozen=True)
+class DomainClassSet:
+    """What the distiller needs of a domain: its name, class names and teacher template."""
+
+    name: str
+    class_names: tuple[str, ...]
+    template: str
+
+
+@dataclass(frozen=True)
+class DomainSource:
+    """A validated domain: its class set and its image files."""
+
+    classes: DomainClassSet
+    files: tuple[Path, ...]
+
+    @property
+    def name(self) -> str:
+        return self.classes.name
+
+    def metadata(self) -> dict:
+        """The artifact's record of this domain (JSON values)."""
+        from ..artifacts.boosting import class_names_sha256
+
+        names = list(self.classes.class_names)
+        return {"name": self.name, "num_classes": len(names), "class_names_sha256": class_names_sha256(names),
+                "class_names": names, "template": self.classes.template, "num_images": len(self.files)}
+
+
+def resolve_template(value: str) -> str:
+    """A template with ``{}``, or a dataset name whose CoOp zero-shot template is used."""
+    if "{}" in value:
+        return value
+    from .catalog import TEMPLATES
+
+    if value in TEMPLATES:
+        return TEMPLATES[value]
+    raise ValueError(f"template {value!r} has no '{{}}' and is not a dataset name; known datasets: {', '.join(sorted(TEMPLATES))}")
+
+
+def load_domain(images, class_names, template: str, name: Optional[str] = None) -> DomainSource:
+    """One domain from an image folder, a class-names file and a template; clear errors otherwise."""
+    images = Path(images)
+    name = name or images.name
+    if not name or not name.strip():
+        raise ValueError(f"domain of {images}: the name is empty")
+    try:
+        files = list_images(images)
+        names = read_class_names(class_names)
+        template = resolve_template(template)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"domain {name!r}: {error}") from error
+    if len(names) < 2:
+        raise ValueError(f"domain {name!r}: {class_names} has {len(names)} class name; a domain needs at least 2 classes")
+    return DomainSource(DomainClassSet(name, tuple(names), template), tuple(files))
+
+
+def check_domains(domains: Sequence[DomainSource]) -> list[DomainSource]:
+    """At least one domain, names unique."""
+    domains = list(domains)
+    if not domains:
+        raise ValueError("no domain given")
+    seen: dict[str, int] = {}
+    for domain in domains:
+        seen[domain.name] = seen.get(domain.name, 0) + 1
+    dupes = sorted(name for name, count in seen.items() if count > 1)
+    if dupes:
+        raise ValueError(f"duplicate domain name(s) {dupes}: every domain needs its own name "
+                         "(4th value of --domain, or 'name' in the manifest)")
+    return domains
+
+
+def domains_from_args(values: Sequence[Sequence[str]]) -> list[DomainSource]:
+    """``--domain IMAGES CLASSNAMES TEMPLATE [NAME]`` values (name defaults to the image folder's name)."""
+    domains = []
+    for value in values:
+        if len(value) not in (3, 4):
+            raise ValueError(f"--domain takes IMAGES CLASSNAMES TEMPLATE [NAME], got {len(value)} value(s): {list(value)}")
+        domains.append(load_domain(*value))
+    return check_domains(domains)
+
+
+def read_manifest(path) -> list[DomainSource]:
+    """Domains from a JSON or YAML manifest (see the module docstring); paths relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"domain manifest not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # a parse error of either format: name the file
+        raise ValueError(f"domain manifest {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {error}") from error
+    entries = data.get("domains") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError(f"domain manifest {path}: expected {{\"domains\": [...]}} or a list of domains")
+    domains = []
+    for i, entry in enumerate(entries):
+        required = ("images", "class_names", "template")
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), str) for k in required):
+            raise ValueError(f"domain manifest {path}: entry {i} must have string fields {', '.join(required)} (and optionally name)")
+        unknown = sorted(set(entry) - {*required, "name"})
+        if unknown:
+            raise ValueError(f"domain manifest {path}: entry {i} has unknown field(s) {unknown}")
+        domains.append(load_domain(path.parent / entry["images"], path.parent / entry["class_names"],
+                                   entry["template"], entry.get("name")))
+    return check_domains(domains)
+
+
+# ---- the batch plan ------------------------------------------------------------------------------
+
+def plan_batches(sizes: Sequence[int], batch_size: int, generator: torch.Generator, *,
+                 drop_last: bool = True, sampling: str = "size") -> list[tuple[int, list[int]]]:
+    """One epoch of ``(domain, local indices)`` batches, each from one domain (see the module docstring)."""
+    if sampling not in SAMPLING:
+        raise ValueError(f"domain sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+    if batch_size < 1 or not sizes or min(sizes) < 1:
+        raise ValueError(f"need batch_size >= 1 and non-empty domains, got {batch_size} and sizes {list(sizes)}")
+
+    def batch_count(size: int) -> int:
+        return max(1, size // batch_size if drop_last else -(-size // batch_size))
+
+    target = max(batch_count(size) for size in sizes)
+    plan: list[tuple[int, list[int]]] = []
+    for d, size in enumerate(sizes):
+        order = torch.randperm(size, generator=generator)
+        if sampling == "even":
+            while len(order) < target * batch_size:
+                order = torch.cat([order, torch.randperm(size, generator=generator)])
+            count = target
+        else:
+            count = batch_count(size)
+        order = order.tolist()
+        plan += [(d, order[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
+    shuffle = torch.randperm(len(plan), generator=generator).tolist()
+    return [plan[i] for i in shuffle]
+
+
+class MultiDomainImages(Dataset):
+    """The images of several domains, one index space; items carry ``{"domain": LongTensor[]}``."""
+
+    def __init__(self, domains: Sequence[DomainSource], transform: Callable, sampling: str = "size"):
+        if sampling not in SAMPLING:
+            raise ValueError(f"domain sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+        self.domains, self.sampling = check_domains(domains), sampling
+        self.images = UnlabeledImages([f for d in self.domains for f in d.files], transform)
+        self.offsets = [0]
+        for d in self.domains:
+            self.offsets.append(self.offsets[-1] + len(d.files))
+
+    @property
+    def class_sets(self) -> list[DomainClassSet]:
+        return [d.classes for d in self.domains]
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def domain_of(self, index: int) -> int:
+        for d in range(len(self.domains)):
+            if index < self.offsets[d + 1]:
+                return d
+        raise IndexError(index)
+
+    def __getitem__(self, index: int):
+        image, path = self.images[index]
+        return image, path, {"domain": torch.tensor(self.domain_of(index), dtype=torch.long)}
+
+    def batches(self, epoch: int, global_batch_size: int, generator: torch.Generator, drop_last: bool) -> list[list[int]]:
+        """The epoch's global batches as index lists; every batch from one domain."""
+        del epoch  # the loop seeds ``generator`` per epoch
+        sizes = [len(d.files) for d in self.domains]
+        plan = plan_batches(sizes, global_batch_size, generator, drop_last=drop_last, sampling=self.sampling)
+        return [[self.offsets[d] + i for i in local] for d, local in plan]

@@ -1,0 +1,215 @@
+"""``caspl demo --universal``: universal boosting prompts (one phase 1 for several domains) on ToyShapes.
+
+1. Domains: ToyShapes variants with the same 36 classes and base/novel split but other image
+   statistics (:data:`caspl_plugin.toy.domain.VARIANTS`), each with its own teacher template.
+2. Universal boosting: one boosting group distilled from the ``toy-teacher`` on the unlabeled images
+   of the *seen* domains, every batch from one domain, over that domain's class set and template
+   (:func:`caspl_plugin.data.domains.plan_batches`, the same plan ``caspl distill --domain`` uses).
+3. Per-domain boosting (the upper reference): the same recipe on the held-out domain's own images.
+4. On the held-out domain, never seen by the universal prompts: teacher and student zero-shot,
+   student + per-domain / + universal boosting, and CoOp alone and cascaded with either, over seeds.
+5. On each seen domain: student zero-shot vs student + universal boosting (where they were trained).
+
+Every number is measured by the run; results go to ``--out`` as Markdown, CSV and a chart.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .boosting import BoostingConfig, boosting_student, build_distiller
+from .clip import create_clip
+from .data.domains import DomainClassSet, plan_batches
+from .demo import DemoResult, _evaluate, _normalise, _Split, chart, csv_text, markdown_table, seed_caption, table_rows
+from .engine import fit, training_step
+from .files import atomic_write
+from .methods import ZeroShotCLIP, get_method
+from .prompts import PromptedCLIP
+from .toy import domain
+
+COOP_INIT = "a photo of a"
+
+
+@dataclass
+class UniversalSettings:
+    """The universal demo's recipe; ``quick()`` is a smaller version for smoke tests."""
+
+    seeds: Sequence[int] = (1, 2, 3)
+    seen: Sequence[str] = ("plain", "textured", "outline", "small")
+    held_out: str = "pastel"
+    sampling: str = "even"
+    unlabeled_per_class: int = 12
+    test_per_class: int = 15
+    shots: int = 8
+    boost_tokens: int = 4
+    boost_depth: int = 4
+    boost_steps: int = 120
+    boost_batch: int = 96
+    boost_lr: float = 5e-3
+    method_epochs: int = 8
+    method_batch: int = 32
+    method_lr: float = 2e-3
+
+    def __post_init__(self):
+        unknown = [v for v in (*self.seen, self.held_out) if v not in domain.VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown toy domain(s) {unknown}; expected some of {list(domain.VARIANTS)}")
+        if self.held_out in self.seen:
+            raise ValueError(f"the held-out domain {self.held_out!r} must not be among the seen domains {list(self.seen)}")
+
+    @classmethod
+    def quick(cls, seeds: Sequence[int] = (1,)) -> "UniversalSettings":
+        return cls(seeds=seeds, seen=("plain", "textured", "outline"), unlabeled_per_class=6, test_per_class=6,
+                   shots=4, boost_steps=30, boost_batch=64, method_epochs=4)
+
+
+@dataclass
+class UniversalResult:
+    held_out: DemoResult = field(default_factory=DemoResult)
+    seen: DemoResult = field(default_factory=DemoResult)
+    seconds: dict = field(default_factory=dict)
+
+
+def _class_set(variant: str) -> DomainClassSet:
+    return DomainClassSet(variant, tuple(domain.class_names()), domain.VARIANT_TEMPLATES[variant])
+
+
+def train_boosting(student, teacher, domains: Sequence[tuple[DomainClassSet, torch.Tensor]], settings: UniversalSettings,
+                   progress: bool = False):
+    """A frozen boosting group distilled on one or several in-memory domains (one domain per batch)."""
+    from tqdm.auto import tqdm
+
+    config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
+    distiller = build_distiller(student, teacher, None, None, config, generator=torch.Generator().manual_seed(0),
+                                domains=[classes for classes, _ in domains])
+    images = [imgs for _, imgs in domains]
+    with torch.no_grad():  # the images are fixed: teacher logits once per domain, with its class set
+        logits = [torch.cat([distiller.teacher_logits(chunk, d) for chunk in imgs.split(512)]) for d, imgs in enumerate(images)]
+    optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
+    distiller.train()
+    steps, epoch = 0, 0
+    bar = tqdm(total=settings.boost_steps, desc=f"boosting ({'+'.join(c.name for c, _ in domains)})", disable=not progress, leave=False)
+    while steps < settings.boost_steps:
+        plan = plan_batches([len(i) for i in images], settings.boost_batch, torch.Generator().manual_seed(epoch),
+                            drop_last=True, sampling=settings.sampling)
+        for d, index in plan[:settings.boost_steps - steps]:
+            index = torch.tensor(index)
+            training_step(distiller, images[d][index], None, optimizer, teacher_logits=logits[d][index],
+                          domain=torch.full((len(index),), d, dtype=torch.long))
+            steps += 1
+            bar.update(1)
+        epoch += 1
+    bar.close()
+    group = distiller.student.boosting
+    group.set_learnable(False)
+    return group
+
+
+def _test_splits(variant: str, per_class: int, backbone) -> tuple[_Split, _Split]:
+    test = domain.generate(per_class, seed=10_000, variant=variant)
+    images = _normalise(test.images, backbone)
+    return _Split(images, test.labels, domain.base_labels()), _Split(images, test.labels, domain.novel_labels())
+
+
+def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progress: bool = True) -> UniversalResult:
+    """Run the universal demo and return every measured accuracy (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    result = UniversalResult()
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    student, teacher = create_clip("toy-student"), create_clip("toy-teacher")
+    names = domain.class_names()
+    held = settings.held_out
+    tests = {v: _test_splits(v, settings.test_per_class, student) for v in (*settings.seen, held)}
+
+    def unlabeled(variant: str, k: int) -> torch.Tensor:
+        return _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000 + k, variant=variant).images, student)
+
+    def zero_shot(backbone, variant: str) -> tuple[float, float]:
+        model = ZeroShotCLIP(PromptedCLIP(backbone), names, template=domain.VARIANT_TEMPLATES[variant])
+        return _evaluate(model, *tests[variant])
+
+    def boosted(group, variant: str) -> tuple[float, float]:
+        return _evaluate(boosting_student(PromptedCLIP(student), names, group), *tests[variant])
+
+    step = time.perf_counter()
+    universal = train_boosting(student, teacher, [(_class_set(v), unlabeled(v, k)) for k, v in enumerate(settings.seen)],
+                               settings, progress)
+    result.seconds["universal boosting"] = time.perf_counter() - step
+    step = time.perf_counter()
+    per_domain = train_boosting(student, teacher, [(_class_set(held), unlabeled(held, len(settings.seen)))], settings, progress)
+    result.seconds["per-domain boosting"] = time.perf_counter() - step
+
+    rows = result.held_out
+    rows.add("Teacher, zero-shot", *zero_shot(teacher, held))
+    rows.add("Student, zero-shot", *zero_shot(student, held))
+    rows.add("Student + per-domain boosting", *boosted(per_domain, held))
+    rows.add("Student + universal boosting", *boosted(universal, held))
+    for variant in settings.seen:
+        result.seen.add(f"{variant}: student, zero-shot", *zero_shot(student, variant))
+        result.seen.add(f"{variant}: + universal boosting", *boosted(universal, variant))
+
+    step = time.perf_counter()
+    clip = PromptedCLIP(student)
+    base_labels = domain.base_labels()
+    base_names = [names[l] for l in base_labels]
+    variants = (("CoOp", None), ("CasPL_CoOp (per-domain)", per_domain), ("CasPL_CoOp (universal)", universal))
+    runs = [(seed, label, group) for seed in settings.seeds for label, group in variants]
+    for seed, label, group in tqdm(runs, desc="adapting", disable=not progress, leave=False):
+        shots = domain.generate(labels=[l for l in base_labels for _ in range(settings.shots)], seed=seed, variant=held)
+        shot_labels = torch.tensor([base_labels.index(int(l)) for l in shots.labels])
+        torch.manual_seed(seed)
+        model = get_method("coop")(clip, base_names, boosting=group, ctx_init=COOP_INIT)
+        optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
+        schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
+        fit(model, _normalise(shots.images, student), shot_labels, optimizer, epochs=settings.method_epochs,
+            batch_size=settings.method_batch, lr_at=schedule, seed=seed)
+        rows.add(label, *_evaluate(model, *tests[held]))
+    result.seconds["adapting"] = time.perf_counter() - step
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
+def verdict(result: UniversalResult) -> str:
+    """One sentence on whether the universal prompts help on the held-out domain, from the numbers."""
+    rows = {r["model"]: r for r in table_rows(result.held_out)}
+    zero, uni = float(rows["Student, zero-shot"]["hm"]), float(rows["Student + universal boosting"]["hm"])
+    coop, cascade = float(rows["CoOp"]["hm"]), float(rows["CasPL_CoOp (universal)"]["hm"])
+    seen = table_rows(result.seen)
+    gains = [float(seen[i + 1]["hm"]) - float(seen[i]["hm"]) for i in range(0, len(seen), 2)]
+    held = ("help" if uni > zero else "do not help") + f" the student zero-shot on the held-out domain (HM {zero:.1f} -> {uni:.1f})"
+    adapt = ("help" if cascade > coop else "do not help") + f" CoOp there (HM {coop:.1f} -> {cascade:.1f})"
+    return (f"Universal boosting prompts {held} and {adapt}; on the seen domains they change the student's HM "
+            f"by {', '.join(f'{g:+.1f}' for g in gains)}.")
+
+
+def write_universal_outputs(result: UniversalResult, out: Path, settings: UniversalSettings) -> dict[str, Path]:
+    """Markdown (both tables), CSVs and the held-out chart with ± std error bars; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = seed_caption(settings.seeds)
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "total")
+    markdown = [
+        f"# Universal boosting prompts on ToyShapes domains ({seeds})", "",
+        f"Universal prompts distilled on {', '.join(settings.seen)} ({settings.sampling} sampling, one domain per batch); "
+        f"held-out domain: **{settings.held_out}** ({domain.VARIANTS[settings.held_out]}). Accuracy (%) on base "
+        "classes (among base) and novel classes (among novel); HM of the seed means.", "",
+        f"## Held-out domain: {settings.held_out}", "", *markdown_table(result.held_out), "",
+        "## Seen domains", "", *markdown_table(result.seen), "",
+        verdict(result), "",
+        f"Time: {result.seconds.get('total', 0):.0f} s ({seconds}).", "",
+    ]
+    paths = {"markdown": out / "universal_results.md", "csv": out / "universal_results.csv",
+             "seen_csv": out / "universal_seen_domains.csv"}
+    atomic_write(paths["markdown"], "\n".join(markdown).encode())
+    atomic_write(paths["csv"], csv_text(result.held_out, settings.seeds).encode())
+    atomic_write(paths["seen_csv"], csv_text(result.seen, settings.seeds).encode())
+    paths["chart"] = chart(table_rows(result.held_out), out / "universal_results.png",
+                           f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})", seeds)
+    return paths
+
