@@ -200,8 +200,7 @@ def test_multi_domain_resume_is_bit_identical(two_domains, tmp_path, monkeypatch
         raise KeyboardInterrupt("simulated interruption after epoch 1")
 
     monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        _distill_domains(tmp_path / "resumed.safetensors", domains)
+    assert _distill_domains(tmp_path / "resumed.safetensors", domains) == 130  # interrupted, checkpoint kept
     monkeypatch.setattr(train, "save_checkpoint", real_save)
     assert not (tmp_path / "resumed.safetensors").exists()
     # a checkpoint of these domains is refused for other domains
