@@ -205,20 +205,25 @@ def _load_state(model, tensors: dict, metadata: dict, epochs: int) -> None:
 
 
 @contextlib.contextmanager
-def _run_guard(output: Path):
-    """Preflight, stale temp files and the output lock of the run guard (C3), rank 0 only."""
-    from caspl_plugin import distributed
+def _checkpoint_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".ckpt.safetensors")
 
-    try:
-        from caspl_plugin.cli import runguard  # C3: caspl_plugin/cli/runguard.py (wired at merge when absent)
-    except ImportError:
-        runguard = None
-    if runguard is None or not distributed.is_main():
+
+def _run_guard(output: Path):
+    """Preflight, the output lock and stale temp files of the run guard, rank 0 only."""
+    from caspl_plugin import distributed
+    from caspl_plugin.cli import runguard
+
+    if not distributed.is_main():
         yield
         return
+    checkpoint = _checkpoint_path(output)
     runguard.preflight_output(output, suffix=".safetensors", what="--output")
-    runguard.remove_stale_temps(output)
-    with runguard.output_lock(output):
+    runguard.preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
+    with runguard.output_lock(output, command="adapt"):
+        removed = runguard.remove_stale_temps(output) + runguard.remove_stale_temps(checkpoint)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run", removed)
         yield
 
 
@@ -279,7 +284,7 @@ def _run(args, device) -> int:
                     "batch_size": batch_size, "lr": lr, "seed": args.seed, "shots": args.shots,
                     "world_size": distributed.world_size(),
                     "boosting": getattr(model.boosting, "artifact_sha256", None) if model.boosting is not None else None}
-        checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
+        checkpoint = _checkpoint_path(output)
         start_epoch, report = 0, LoopReport()
         if args.resume and checkpoint.is_file():
             try:
