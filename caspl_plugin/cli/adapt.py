@@ -204,11 +204,11 @@ def _load_state(model, tensors: dict, metadata: dict, epochs: int) -> None:
                                    "recorded": metadata["gpa_recorded"]})
 
 
-@contextlib.contextmanager
 def _checkpoint_path(output: Path) -> Path:
     return output.with_name(output.stem + ".ckpt.safetensors")
 
 
+@contextlib.contextmanager
 def _run_guard(output: Path):
     """Preflight, the output lock and stale temp files of the run guard, rank 0 only."""
     from caspl_plugin import distributed
