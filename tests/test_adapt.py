@@ -86,8 +86,7 @@ def test_adapt_with_boosting_bf16_and_exact_resume(toy_folder, boosting_artifact
 
     monkeypatch.setattr(engine, "save_checkpoint", save_then_crash)
     resumed = tmp_path / "resumed.safetensors"
-    with pytest.raises(KeyboardInterrupt, match="epoch 1"):
-        _adapt(toy_folder, resumed, *args)
+    assert _adapt(toy_folder, resumed, *args) == 130  # interrupted: exit 130, the checkpoint kept
     assert not resumed.exists() and resumed.with_name("resumed.ckpt.safetensors").exists()
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert _adapt(toy_folder, resumed, *args, "--resume") == 0
