@@ -101,6 +101,15 @@ def load_checkpoint(path: Path, distiller, optimizer, settings: DistillSettings)
     return int(metadata["next_epoch"]), report
 
 
+def collate_with_extras(samples):
+    """:func:`collate_skipping` for items ``(image, path)`` or ``(image, path, extras)``: returns
+    ``(images or None, paths, skipped, extras)`` with each extra stacked over the readable items."""
+    images, paths, skipped = collate_skipping([sample[:2] for sample in samples])
+    good = [sample[2] for sample in samples if sample[0] is not None and len(sample) > 2]
+    extras = {key: torch.stack([item[key] for item in good]) for key in good[0]} if good else {}
+    return images, paths, skipped, extras
+
+
 def run_distillation(
     distiller: BoostingDistiller,
     dataset: Dataset,
@@ -110,6 +119,7 @@ def run_distillation(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int, float], None]] = None,
+    on_step: Optional[Callable[[dict], None]] = None,
 ) -> DistillReport:
     """Learn the student's boosting prompts; labels are never read.
 
@@ -132,24 +142,28 @@ def run_distillation(
         lr = epoch_lr(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_lr)
         set_lr(optimizer, lr)
         torch.manual_seed(settings.seed * 100003 + epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         loader = DataLoader(
             dataset,
             batch_size=settings.batch_size,
             shuffle=True,
             drop_last=len(dataset) >= settings.batch_size,
             num_workers=settings.num_workers,
-            collate_fn=collate_skipping,
+            collate_fn=collate_with_extras,
             generator=torch.Generator().manual_seed(settings.seed * 1000003 + epoch),
         )
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"distill epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
-        for images, _paths, bad in bar:
+        for images, _paths, bad, extras in bar:
             skipped.update(bad)
             if images is None:
                 continue
-            metrics = training_step(distiller, images, None, optimizer, settings.precision)
+            metrics = training_step(distiller, images, None, optimizer, settings.precision, **extras)
             total, count = total + metrics["loss"] * len(images), count + len(images)
             report.steps += 1
+            if on_step is not None:
+                on_step(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
         if count == 0:
             raise RuntimeError("No readable image in the whole epoch: every file was skipped")

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "CasPL end to end on the embedded toy domain with tiny pre-trained CLIPs (about a minute)"),
     "distill": ("distill", "phase 1: learn boosting prompts from a zero-shot teacher on unlabeled images"),
     "inspect": ("inspect_cmd", "print the metadata of a prompt artifact"),
+    "teacher-cache": ("teacher_cache", "precompute the teacher's features of K augmented views per image (teacher-free phase 1)"),
     "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
     "configs": ("configs_cmd", "print where the experiment configs and scripts are, or copy them into a project"),
     "classify": ("classify", "top-k classes of images with a classifier saved after phase 2"),

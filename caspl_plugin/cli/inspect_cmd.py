@@ -11,7 +11,7 @@ _SHOWN_CLASS_NAMES = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="artifact (.safetensors) written by caspl-plugin")
+    parser.add_argument("file", help="artifact (.safetensors) written by caspl-plugin, or a teacher-view cache folder")
     parser.add_argument("--json", action="store_true", help="print the metadata document as JSON")
 
 
@@ -40,6 +40,17 @@ def format_report(path: str, tensors: dict[str, Any], metadata: dict, hash_ok: b
 
 def run(args: argparse.Namespace) -> int:
     from caspl_plugin.artifacts import content_hash, load_artifact
+
+    from pathlib import Path
+
+    if Path(args.file).is_dir():  # a teacher-view cache folder
+        from caspl_plugin.cache.store import INDEX_FILE, describe_cache
+
+        if args.json:
+            print((Path(args.file) / INDEX_FILE).read_text(encoding="utf-8"))
+        else:
+            print(describe_cache(args.file))
+        return 0
 
     tensors, metadata = load_artifact(args.file, verify=False)
     hash_ok = metadata.get("content_sha256") == content_hash(tensors)
