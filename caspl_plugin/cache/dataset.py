@@ -124,3 +124,26 @@ def open_cached_run(folder, files: Sequence[Path], root: str | Path, student, te
     if epochs is not None and epochs > cache.views:
         logger.warning("%d epochs on a cache of %d views: epoch e uses view e mod %d, so views repeat", epochs, cache.views, cache.views)
     return tower, dataset
+
+
+def dassl_augmentation(cfg) -> AugmentationSettings:
+    """The view augmentation a Dassl config asks for (``INPUT.TRANSFORMS``, ``RRCROP_SCALE``, ``INTERPOLATION``)."""
+    transforms = list(cfg.INPUT.TRANSFORMS)
+    if "random_resized_crop" not in transforms:
+        raise ValueError(f"A teacher-view cache needs random_resized_crop in INPUT.TRANSFORMS, got {transforms}")
+    return AugmentationSettings(
+        scale=tuple(float(v) for v in cfg.INPUT.RRCROP_SCALE),
+        flip_probability=0.5 if "random_flip" in transforms else 0.0,
+        interpolation=str(cfg.INPUT.INTERPOLATION),
+    )
+
+
+def dassl_cached_dataset(cfg, impaths: Sequence[str], tower) -> TeacherViewDataset:
+    """The cached dataset of a Dassl train split (file keys relative to ``DATASET.ROOT``), checked
+    against the folder, the teacher ``tower`` and the config's augmentation."""
+    cache = TeacherViewCache.open(cfg.TRAINER.BOOSTDISTILL.TEACHER_CACHE)
+    files = sorted({Path(p) for p in impaths})
+    return TeacherViewDataset.from_cache(
+        cache, files, cfg.DATASET.ROOT, image_size=int(cfg.INPUT.SIZE[0]), mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD,
+        teacher_identity={"arch": tower.arch, "weights_digest": tower.weights_digest}, augmentation=dassl_augmentation(cfg),
+    )

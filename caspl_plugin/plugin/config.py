@@ -7,7 +7,8 @@ nodes itself keeps working. The plugin's own nodes:
 
 ``TRAINER.CASPL``        the cascade (phase 2): ``BOOSTING`` artifact path, ``LEARNABLE_BOOSTING``
                          (the paper's ablation), ``ANCHOR`` for PromptSRC (``clip`` = vanilla CLIP, the authors' code | ``boosted``)
-``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path
+``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path,
+                         ``TEACHER_CACHE`` (a ``caspl teacher-cache`` folder: train without the teacher's image tower)
 ``MODEL.BACKBONE.WEIGHTS`` / ``WEIGHTS_DIR``   where CLIP weights come from (see caspl_plugin.clip)
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def plugin_defaults() -> dict[str, CN]:
         "BOOSTDISTILL": _node(
             N_CTX_TEXT=8, N_CTX_VISION=8, PROMPT_DEPTH_TEXT=12, PROMPT_DEPTH_VISION=12,
             CTX_INIT="a photo of a", TEACHER="ViT-L/14", TEACHER_WEIGHTS="", TEMPLATE="",
-            TEMPERATURE=1.0, TEACHER_SCALE="own", PREC="fp32", EXPORT="",
+            TEMPERATURE=1.0, TEACHER_SCALE="own", PREC="fp32", EXPORT="", TEACHER_CACHE="",
         ),
         "ZEROSHOTCLIP": _node(TEMPLATE="", PREC="fp32"),
     }
