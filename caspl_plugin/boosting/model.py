@@ -216,17 +216,20 @@ def build_distiller(
 ) -> BoostingDistiller:
     """Student (frozen CLIP + learnable boosting group) and zero-shot teacher, ready to train.
 
-    ``teacher`` is a :class:`~caspl_plugin.clip.Backbone` (any open_clip CLIP) or a text-only
-    :class:`~caspl_plugin.boosting.teacher.TextTower`; ``teacher_image_tower=False`` keeps no
+    ``teacher`` is a :class:`~caspl_plugin.clip.Backbone` (any open_clip CLIP), a text-only
+    :class:`~caspl_plugin.boosting.teacher.TextTower`, or a ready :class:`ZeroShotTeacher` for
+    ``class_names`` and ``template`` (used as is); ``teacher_image_tower=False`` keeps no
     image tower (the teacher's image features then come from a cache). Drop your own reference to
     ``teacher`` afterwards to free its text tower: the distiller keeps only the class features.
     """
     student_clip = PromptedCLIP(student)
     group = make_boosting_group(student_clip, config, generator=generator)
-    has_image_tower = teacher_image_tower and getattr(teacher.model, "visual", None) is not None
+    if not isinstance(teacher, ZeroShotTeacher):
+        has_image_tower = teacher_image_tower and getattr(teacher.model, "visual", None) is not None
+        teacher = ZeroShotTeacher(teacher, class_names, template, image_tower=has_image_tower)
     return BoostingDistiller(
         boosting_student(student_clip, class_names, group),
-        ZeroShotTeacher(teacher, class_names, template, image_tower=has_image_tower),
+        teacher,
         temperature=temperature,
         teacher_scale=teacher_scale,
     )
