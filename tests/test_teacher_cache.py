@@ -136,6 +136,16 @@ def test_text_tower_alone_equals_the_full_models_text_side(world):
         load_text_tower("caspl-tiny-teacher", "random")
 
 
+def test_the_distiller_keeps_no_teacher_text_tower(world):
+    online = build_distiller(world["student"], world["teacher"], CLASSES)
+    assert [name for name, _ in online.teacher.named_children()] == ["visual"]
+    kept = {id(p) for p in online.teacher.parameters()}
+    assert kept == {id(p) for p in world["teacher"].model.visual.parameters()}
+    cached = build_distiller(world["student"], load_text_tower("caspl-tiny-teacher", str(world["weights"])), CLASSES)
+    assert list(cached.teacher.children()) == [] and list(cached.teacher.parameters()) == []
+    assert torch.allclose(cached.teacher.text_features, online.teacher.text_features, atol=1e-6)
+
+
 # ---- identity --------------------------------------------------------------------------------
 
 def test_cache_refuses_changed_added_removed_images_and_other_settings(world, tmp_path):
