@@ -79,12 +79,12 @@ def test_distiller_trains_only_the_boosting_prompts_and_never_reads_labels(tiny_
 
 def test_teacher_text_features_are_computed_once(tiny_student, tiny_teacher, monkeypatch):
     distiller = build_distiller(tiny_student, tiny_teacher, CLASSES, template="a photo of a {}, a shape.")
+    expected = F.normalize(tiny_teacher.model.encode_text(tiny_teacher.tokenizer([f"a photo of a {c}, a shape." for c in CLASSES])), dim=-1)
     calls = []
-    monkeypatch.setattr(distiller.teacher.clip, "encode_text", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(tiny_teacher.model, "encode_text", lambda *a, **k: calls.append(1))
     for _ in range(3):
         distiller.loss(torch.randn(2, 3, 32, 32))
     assert calls == []
-    expected = F.normalize(tiny_teacher.model.encode_text(tiny_teacher.tokenizer([f"a photo of a {c}, a shape." for c in CLASSES])), dim=-1)
     assert (distiller.teacher.text_features - expected).abs().max() < 1e-5
 
 
@@ -92,7 +92,7 @@ def test_teacher_scale_option(tiny_student, tiny_teacher):
     distiller = build_distiller(tiny_student, tiny_teacher, CLASSES, teacher_scale="student")
     with torch.no_grad():
         distiller.student.clip.clip.logit_scale.fill_(math.log(7.0))
-        distiller.teacher.clip.clip.logit_scale.fill_(math.log(3.0))
+        distiller.teacher.log_logit_scale.fill_(math.log(3.0))
         images = torch.randn(2, 3, 32, 32)
         own = distiller.teacher(images)
         student_scaled = distiller.teacher_logits(images)

@@ -127,9 +127,9 @@ def test_each_domain_kd_loss_uses_its_own_classes_and_template(tiny_student, tin
         loss, _ = distiller.loss(images, None, domain=torch.full((4,), index))
         # by hand: a fresh teacher on this domain's classes and template, the same boosting group on
         # a student with this domain's class names
-        teacher = ZeroShotTeacher(PromptedCLIP(tiny_teacher), classes.class_names, classes.template)
+        teacher = ZeroShotTeacher(tiny_teacher, classes.class_names, classes.template)
         student = boosting_student(PromptedCLIP(tiny_student), classes.class_names, distiller.student.boosting)
-        expected = kd_loss(student(images), teacher(images))
+        expected = kd_loss(student(images), teacher(teacher.prepare(images, tiny_student.mean, tiny_student.std)))
         assert student(images).shape == (4, len(classes.class_names))
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="mixes domains"):

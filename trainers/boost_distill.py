@@ -39,7 +39,10 @@ class BoostDistill(TrainerX):
         self.precision = precision_of(node)
         self.student_backbone = load_backbone(cfg)
         self.teacher_name = node.TEACHER
-        teacher = load_backbone(cfg, node.TEACHER, node.TEACHER_WEIGHTS)
+        if node.TEACHER_CACHE:  # teacher-view cache: only the teacher's text tower is built
+            teacher = self._use_teacher_cache(cfg, node)
+        else:
+            teacher = load_backbone(cfg, node.TEACHER, node.TEACHER_WEIGHTS)
         self.teacher_weights = str(teacher.weights)
         template = node.TEMPLATE or template_for(cfg.DATASET.NAME, "a photo of a {}.")
         config = BoostingConfig(node.N_CTX_TEXT, node.N_CTX_VISION, max(node.PROMPT_DEPTH_TEXT, 1),
@@ -62,6 +65,34 @@ class BoostDistill(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("boosting", learnable, self.optim, self.sched)
 
+    def _use_teacher_cache(self, cfg, node):
+        """The teacher's text tower, and a train loader over the cache's views and features."""
+        from torch.utils.data import DataLoader
+
+        from caspl_plugin.boosting.teacher import load_text_tower
+        from caspl_plugin.engine import collate_items
+        from caspl_plugin.cache.dataset import dassl_cached_dataset
+
+        tower = load_text_tower(node.TEACHER, node.TEACHER_WEIGHTS or None,
+                                weights_dir=cfg.MODEL.BACKBONE.get("WEIGHTS_DIR", "") or None)
+        self.cached_views = dassl_cached_dataset(cfg, [item.impath for item in self.dm.dataset.train_x], tower)
+        batch_size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+
+        def collate(samples):
+            batch = collate_items(samples)
+            return {"img": batch.images, "impath": batch.paths, **batch.extras}
+
+        self.train_loader_x = DataLoader(
+            self.cached_views, batch_size=batch_size, shuffle=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
+            drop_last=len(self.cached_views) >= batch_size, collate_fn=collate,
+        )
+        return tower
+
+    def before_epoch(self):
+        super().before_epoch()
+        if getattr(self, "cached_views", None) is not None:
+            self.cached_views.set_epoch(self.epoch)  # epoch e uses view e mod K
+
     def set_model_mode(self, mode="train", names=None):
         super().set_model_mode(mode, names)
         self.model.train(mode == "train")
@@ -71,8 +102,9 @@ class BoostDistill(TrainerX):
 
     def forward_backward(self, batch):
         images = self.parse_batch_train(batch)
+        features = batch.get("teacher_features")
         with autocast(self.device, self.precision):
-            loss, metrics = self.distiller.loss(images)
+            loss, metrics = self.distiller.loss(images, teacher_features=None if features is None else features.to(self.device))
         self.model_backward_and_update(loss)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()

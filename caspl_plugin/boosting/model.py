@@ -66,34 +66,99 @@ def boosting_student(clip: PromptedCLIP, class_names: Sequence[str], group: Prom
 
 
 class ZeroShotTeacher(nn.Module):
-    """A frozen zero-shot CLIP: class text features computed once from one template and reused."""
+    """A frozen zero-shot CLIP teacher, read through open_clip's own towers (no prompts needed).
 
-    def __init__(self, clip: PromptedCLIP, class_names: Sequence[str], template: str = "a photo of a {}."):
+    Any open_clip model can teach (attention-pooled or ModifiedResNet image towers, timm trunks).
+    The class text features are computed once from one template; the text tower is then not kept
+    (only the image tower and the logit scale are, or nothing but the scale when
+    ``image_tower=False``: a run that reads the teacher's image features from a cache).
+    ``teacher`` is a :class:`~caspl_plugin.clip.Backbone` or a text-only
+    :class:`~caspl_plugin.boosting.teacher.TextTower`.
+    """
+
+    def __init__(self, teacher, class_names: Sequence[str], template: str = "a photo of a {}.", *, image_tower: bool = True,
+                 class_sets: Sequence = ()):
         super().__init__()
-        self.clip = clip
+        from .teacher import image_size_of
+
+        model = teacher.model
+        self.name = teacher.name
         self.template = template
         self.class_names = tuple(str(n).replace("_", " ") for n in class_names)
-        with torch.no_grad():
-            features = clip.encode_text(clip.text_inputs(self.class_names, template=template))
-        self.register_buffer("text_features", F.normalize(features.float(), dim=-1), persistent=False)
+        device = model.logit_scale.device
 
-    @torch.no_grad()
-    def class_features(self, class_names: Sequence[str], template: str) -> Tensor:
-        """Normalised class text features ``[C, D]`` of another class set (multi-domain phase 1)."""
-        names = tuple(str(n).replace("_", " ") for n in class_names)
-        features = self.clip.encode_text(self.clip.text_inputs(names, template=template))
-        return F.normalize(features.float(), dim=-1).to(self.text_features.device)
+        def encode(names: Sequence[str], template: str) -> Tensor:
+            with torch.no_grad():
+                tokens = teacher.tokenizer([template.format(str(n).replace("_", " ")) for n in names]).to(device)
+                return F.normalize(model.encode_text(tokens).float(), dim=-1)
+
+        self.register_buffer("text_features", encode(self.class_names, template), persistent=False)
+        # multi-domain phase 1: every domain's class features, computed now (the text tower is not kept)
+        self.num_class_sets = len(class_sets)
+        for i, class_set in enumerate(class_sets):
+            self.register_buffer(f"class_set_features_{i}", encode(class_set.class_names, class_set.template), persistent=False)
+        self.register_buffer("log_logit_scale", model.logit_scale.detach().float().clone().reshape(()), persistent=False)
+        self.visual: Optional[nn.Module] = None
+        if image_tower:
+            if getattr(model, "visual", None) is None:
+                raise ValueError(f"Teacher {teacher.name!r} was built without its image tower")
+            self.visual = model.visual
+            self.image_size = image_size_of(model)
+            self.register_buffer("mean", torch.tensor([float(v) for v in teacher.mean]).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor([float(v) for v in teacher.std]).view(1, -1, 1, 1), persistent=False)
+
+    def class_set_features(self, index: Optional[int]) -> Tensor:
+        """Class text features ``[C, D]`` of class set ``index`` (None: the main class set)."""
+        if index is None:
+            return self.text_features
+        if not 0 <= index < self.num_class_sets:
+            raise ValueError(f"class set {index} out of range: the teacher has {self.num_class_sets}")
+        return getattr(self, f"class_set_features_{index}")
 
     def train(self, mode: bool = True) -> "ZeroShotTeacher":
         return super().train(False)
 
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.log_logit_scale.exp()
+
+    def _image_tower(self) -> nn.Module:
+        if self.visual is None:
+            raise RuntimeError(f"Teacher {self.name!r} has no image tower here: pass its cached image features (teacher_features)")
+        return self.visual
+
+    def prepare(self, images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+        """Views normalised with ``mean``/``std`` (e.g. the student's), as the teacher's input:
+        un-normalised, resized (bicubic) to the teacher's size and normalised with its mean/std."""
+        self._image_tower()
+        size = self.image_size
+        mean_in = torch.as_tensor([float(v) for v in mean], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std_in = torch.as_tensor([float(v) for v in std], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        same_norm = torch.equal(mean_in, self.mean.to(images)) and torch.equal(std_in, self.std.to(images))
+        same_size = images.shape[-1] == size and images.shape[-2] == size
+        if same_norm and same_size:
+            return images
+        pixels = images * std_in + mean_in
+        if not same_size:
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
+        return (pixels - self.mean.to(images)) / self.std.to(images)
+
     @torch.no_grad()
-    def forward(self, images: Tensor, scale: Optional[Tensor] = None, text_features: Optional[Tensor] = None) -> Tensor:
-        """Teacher logits ``[B, C]`` = scale · cos(image, class text); its own scale and class set by default."""
-        image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
-        scale = self.clip.logit_scale if scale is None else scale
-        text_features = self.text_features if text_features is None else text_features
-        return scale * image @ text_features.t()
+    def image_features(self, images: Tensor) -> Tensor:
+        """L2-normalised image features ``[B, D]`` (fp32) of views already prepared for the teacher."""
+        return F.normalize(self._image_tower()(images).float(), dim=-1)
+
+    def logits_from_features(self, features: Tensor, scale: Optional[Tensor] = None, class_set: Optional[int] = None) -> Tensor:
+        """Teacher logits from L2-normalised image features (e.g. read from a teacher-view cache)
+        over the main class set, or over class set ``class_set`` (multi-domain)."""
+        scale = self.logit_scale if scale is None else scale
+        text = self.class_set_features(class_set)
+        return scale * features.float().to(text.device) @ text.t()
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, scale: Optional[Tensor] = None, class_set: Optional[int] = None) -> Tensor:
+        """Teacher logits ``[B, C]`` = scale · cos(image, class text); its own scale and main class set by default."""
+        return self.logits_from_features(self.image_features(images), scale, class_set)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -125,14 +190,15 @@ class BoostingDistiller(nn.Module):
         self.domains: tuple = ()
 
     def set_domains(self, domains: Sequence) -> None:
-        """Several class sets (multi-domain phase 1), each with ``name``, ``class_names``, ``template``:
-        the teacher's class features per domain are computed once here; each batch selects its
-        domain's class set (``loss(..., domain=...)``) for the teacher and the student."""
+        """Several class sets (multi-domain phase 1), each with ``name``, ``class_names``, ``template``,
+        in the order the teacher computed their class features (``ZeroShotTeacher(class_sets=...)``);
+        each batch selects its domain's class set (``loss(..., domain=...)``) for teacher and student."""
         domains = tuple(domains)
         if not domains:
             raise ValueError("set_domains needs at least one domain")
-        for i, d in enumerate(domains):
-            self.register_buffer(f"domain_text_features_{i}", self.teacher.class_features(d.class_names, d.template), persistent=False)
+        if self.teacher.num_class_sets != len(domains):
+            raise ValueError(f"{len(domains)} domains, but the teacher has class features for {self.teacher.num_class_sets}: "
+                             "build the teacher with class_sets=domains")
         self.domains = domains
         self.student.set_class_names(domains[0].class_names)
 
@@ -163,34 +229,42 @@ class BoostingDistiller(nn.Module):
             self.student.set_class_names(names)
         return index
 
-    def teacher_logits(self, images: Tensor, domain: Optional[int] = None) -> Tensor:
-        scale = self.student.clip.logit_scale if self.teacher_scale == "student" else None
-        images = _resize_for(self.teacher.clip, images)
-        features = None if domain is None or not self.domains else getattr(self, f"domain_text_features_{domain}")
-        return self.teacher(images, scale=scale, text_features=features)
+    def _teacher_scale(self) -> Optional[Tensor]:
+        return self.student.clip.logit_scale if self.teacher_scale == "student" else None
 
-    def loss(self, images: Tensor, labels: Optional[Tensor] = None, teacher_logits: Optional[Tensor] = None,
-             *, domain: Optional[Tensor] = None) -> tuple[Tensor, dict]:
+    def teacher_logits(self, images: Tensor, domain: Optional[int] = None) -> Tensor:
+        """Teacher logits of student-normalised views (re-normalised and resized for the teacher),
+        over the class set of ``domain`` (a domain index; None: the single class set)."""
+        clip = self.student.clip
+        return self.teacher(self.teacher.prepare(images, clip.mean, clip.std), scale=self._teacher_scale(),
+                            class_set=domain if self.domains else None)
+
+    def loss(
+        self,
+        images: Tensor,
+        labels: Optional[Tensor] = None,
+        *,
+        teacher_logits: Optional[Tensor] = None,
+        teacher_features: Optional[Tensor] = None,
+        domain: Optional[Tensor] = None,
+    ) -> tuple[Tensor, dict]:
         """KD loss on a batch; ``labels`` are accepted for a uniform signature and never read.
 
+        The teacher's side comes from ``teacher_logits``, else from its L2-normalised image
+        features ``teacher_features`` ``[B, D]`` (a teacher-view cache), else from its image tower.
         ``domain`` (multi-domain: one index per sample, all equal) selects the batch's class set.
         """
         del labels
         index = self.select_domain(domain)
+        if teacher_logits is None and teacher_features is not None:
+            teacher_logits = self.teacher.logits_from_features(teacher_features, self._teacher_scale(),
+                                                               index if self.domains else None)
         if teacher_logits is None:
             teacher_logits = self.teacher_logits(images, index)
         student_logits = self.student(images)
         loss = kd_loss(student_logits, teacher_logits.to(student_logits.device), self.temperature)
-        agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean()
+        agree = (student_logits.argmax(-1) == teacher_logits.to(student_logits.device).argmax(-1)).float().mean()
         return loss, {"loss": loss.detach(), "agree": agree}
-
-
-def _resize_for(clip: PromptedCLIP, images: Tensor) -> Tensor:
-    """The same augmented batch, resized if the teacher's input size differs from the student's."""
-    size = clip.geometry["image_size"]
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
 
 
 PHASE1_MIN_CLASSES = (
@@ -201,18 +275,24 @@ PHASE1_MIN_CLASSES = (
 
 def build_distiller(
     student: "Backbone",
-    teacher: "Backbone",
-    class_names: Sequence[str],
-    template: str = "a photo of a {}.",
+    teacher,
+    class_names: Optional[Sequence[str]],
+    template: Optional[str] = "a photo of a {}.",
     config: BoostingConfig = BoostingConfig(),
     *,
     temperature: float = 1.0,
     teacher_scale: str = "own",
     generator: Optional[torch.Generator] = None,
+    teacher_image_tower: bool = True,
     domains: Optional[Sequence] = None,
 ) -> BoostingDistiller:
     """Student (frozen CLIP + learnable boosting group) and zero-shot teacher, ready to train.
 
+    ``teacher`` is a :class:`~caspl_plugin.clip.Backbone` (any open_clip CLIP), a text-only
+    :class:`~caspl_plugin.boosting.teacher.TextTower`, or a ready :class:`ZeroShotTeacher` for
+    ``class_names`` and ``template`` (used as is); ``teacher_image_tower=False`` keeps no
+    image tower (the teacher's image features then come from a cache). Drop your own reference to
+    ``teacher`` afterwards to free its text tower: the distiller keeps only the class features.
     ``domains`` (multi-domain phase 1: objects with ``name``, ``class_names``, ``template``, e.g.
     :class:`caspl_plugin.data.domains.DomainClassSet`) replace ``class_names`` and ``template``.
     """
@@ -220,11 +300,14 @@ def build_distiller(
         class_names, template = domains[0].class_names, domains[0].template
     if len(class_names) < 2:
         raise ValueError(f"got {len(class_names)} class name(s); {PHASE1_MIN_CLASSES}")
-    student_clip, teacher_clip = PromptedCLIP(student), PromptedCLIP(teacher)
+    student_clip = PromptedCLIP(student)
     group = make_boosting_group(student_clip, config, generator=generator)
+    if not isinstance(teacher, ZeroShotTeacher):
+        has_image_tower = teacher_image_tower and getattr(teacher.model, "visual", None) is not None
+        teacher = ZeroShotTeacher(teacher, class_names, template, image_tower=has_image_tower, class_sets=domains or ())
     distiller = BoostingDistiller(
         boosting_student(student_clip, class_names, group),
-        ZeroShotTeacher(teacher_clip, class_names, template),
+        teacher,
         temperature=temperature,
         teacher_scale=teacher_scale,
     )

@@ -90,6 +90,7 @@ def run_distillation(
     on_epoch_end: Optional[Callable[[int, float], None]] = None,
     tensorboard: Optional[str] = None,
     known_unreadable: Sequence[str] = (),
+    on_step: Optional[Callable[[dict], None]] = None,
 ) -> DistillReport:
     """Learn the student's boosting prompts with the engine's epoch loop; labels are never read.
 
@@ -121,7 +122,7 @@ def run_distillation(
         save_checkpoint(Path(checkpoint), distiller, optimizer, next_epoch, report, settings)
 
     return train_epochs(distiller, dataset, optimizer, config, start_epoch=start_epoch, report=report,
-                        save=save if checkpoint is not None else None, on_epoch_end=on_epoch_end)
+                        save=save if checkpoint is not None else None, on_epoch_end=on_epoch_end, on_step=on_step)
 
 
 def export_artifact(

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("distill", "phase 1: learn boosting prompts from a zero-shot teacher on unlabeled images"),
     "adapt": ("adapt", "phase 2 without Dassl: train a method (CasPL_<Method> with --boosting) on labeled images, evaluate, save a classifier"),
     "inspect": ("inspect_cmd", "print the metadata of a prompt artifact"),
+    "teacher-cache": ("teacher_cache", "precompute the teacher's features of K augmented views per image (teacher-free phase 1)"),
     "import-official": ("import_official", "convert the authors' phase-1 checkpoint into a boosting artifact"),
     "configs": ("configs_cmd", "print where the experiment configs and scripts are, or copy them into a project"),
     "classify": ("classify", "top-k classes of images with a classifier saved after phase 2"),

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--teacher", default="ViT-L/14", help="zero-shot teacher CLIP (default ViT-L/14)")
     models.add_argument("--teacher-weights", help="'openai', another open_clip tag, a local file, or 'random'")
     models.add_argument("--weights-dir", help="directory searched for weight files named after the models")
+    models.add_argument("--teacher-cache", metavar="DIR",
+                        help="train from a teacher-view cache (`caspl teacher-cache`): the teacher's image tower is never built")
     models.add_argument("--template", default="a photo of a {}.",
                         help="teacher text template with {} for the class name, or a dataset name whose CoOp template to use (e.g. OxfordPets)")
     prompts = parser.add_argument_group("boosting prompts")
@@ -215,6 +217,8 @@ def _validate_inputs(args):
     from .runguard import warmup_warning
 
     domains = _domains(args)
+    if domains and args.teacher_cache:
+        raise CommandError("--teacher-cache serves one image folder; it cannot be combined with --domain/--domains yet")
     if domains:
         files, class_names, template = [f for d in domains for f in d.files], None, None
     else:
@@ -274,18 +278,29 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
 
     torch.manual_seed(args.seed)
     student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
-    teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
+    dataset = None
+    if args.teacher_cache:  # the teacher-view cache: only the teacher's text tower is built
+        from caspl_plugin.cache.dataset import open_cached_run
+
+        teacher, dataset = open_cached_run(args.teacher_cache, files, Path(args.images), student, args.teacher,
+                                           args.teacher_weights, weights_dir=args.weights_dir, device=device,
+                                           epochs=args.epochs)
+    else:
+        teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
     distiller = build_distiller(
         student, teacher, class_names, template, config, temperature=args.temperature,
         teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
         domains=[d.classes for d in domains] if domains else None,
     ).to(device)
+    teacher_weights = str(teacher.weights)
+    del teacher  # the distiller keeps the class features, not the teacher's text tower
     spec = distiller.student.boosting.spec
     logger.info("boosting prompts: %d text x depth %d, %d vision x depth %d (%d parameters)",
                 spec.n_text, spec.depth_text, spec.n_vision, spec.depth_vision,
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
     transform = train_transform(student.image_size, student.mean, student.std)
-    dataset = MultiDomainImages(domains, transform, args.domain_sampling) if domains else UnlabeledImages(readable, transform)
+    if dataset is None:
+        dataset = MultiDomainImages(domains, transform, args.domain_sampling) if domains else UnlabeledImages(readable, transform)
     if distributed.world_size() > 1:
         say(f"torchrun: {distributed.world_size()} processes, global batch {settings.batch_size} x "
             f"{distributed.world_size()} = {settings.batch_size * distributed.world_size()}, lr {settings.lr} (as given)")
@@ -295,7 +310,7 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
     if distributed.is_main():
         artifact = export_artifact(
             output, distiller, student.describe(), teacher=args.teacher,
-            teacher_weights=str(teacher.weights),
+            teacher_weights=teacher_weights,
             dataset=args.dataset or ("+".join(d.name for d in domains) if domains else Path(args.images).name),
             settings=settings, report=report, domains=[d.metadata() for d in domains] if domains else None,
         )

@@ -13,7 +13,7 @@ _SHOWN_CLASS_NAMES = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="artifact (.safetensors) written by caspl-plugin")
+    parser.add_argument("file", help="artifact (.safetensors) written by caspl-plugin, or a teacher-view cache folder")
     parser.add_argument("--json", action="store_true", help="print the metadata document as JSON")
 
 
@@ -71,7 +71,21 @@ def inspect_artifact(file: str, as_json: bool) -> int:
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    # dispatch on what the path is: an artifact file (other kinds of paths get their own branch here)
+    # dispatch on what the path is: a teacher-view cache folder, or an artifact file
     if path.is_dir():
-        raise CommandError(f"{path} is a directory; expected an artifact file (.safetensors)")
+        return inspect_cache(path, args.json)
     return inspect_artifact(args.file, args.json)
+
+
+def inspect_cache(folder: Path, as_json: bool) -> int:
+    """Describe a teacher-view cache folder (``caspl teacher-cache``), or print its index as JSON."""
+    from caspl_plugin.cache.store import INDEX_FILE, describe_cache
+
+    if not (folder / INDEX_FILE).is_file():
+        raise CommandError(f"{folder} is a directory without a teacher-view cache index ({INDEX_FILE}); "
+                           "expected an artifact file (.safetensors) or a `caspl teacher-cache` folder")
+    if as_json:
+        print((folder / INDEX_FILE).read_text(encoding="utf-8"))
+    else:
+        print(describe_cache(folder))
+    return 0

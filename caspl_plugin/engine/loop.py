@@ -202,13 +202,14 @@ def train_epochs(
     report: Optional[LoopReport] = None,
     save: Optional[Callable[[int, LoopReport], None]] = None,
     on_epoch_end: Optional[Callable[[int, float], None]] = None,
+    on_step: Optional[Callable[[dict], None]] = None,
 ) -> LoopReport:
     """Run epochs ``start_epoch .. config.epochs-1`` of ``objective`` on ``dataset``.
 
     Per epoch: ``lr_at(epoch)``, the dataset's ``set_epoch``, the seeded batch plan, one
     :func:`synced_step` per global batch, then ``objective.on_epoch_end(epoch, epochs)`` (if it has
     one), then ``save(next_epoch, report)`` on rank 0 (the others wait), then ``on_epoch_end(epoch,
-    mean_loss)``. A KeyboardInterrupt becomes :class:`TrainingInterrupted` (where it happened).
+    mean_loss)``; ``on_step(metrics)`` after every step. A KeyboardInterrupt becomes :class:`TrainingInterrupted` (where it happened).
     """
     from tqdm.auto import tqdm
 
@@ -259,6 +260,8 @@ def train_epochs(
                 for name, value in metrics.items():
                     sums[name] = sums.get(name, 0.0) + value * step_count
                 report.steps += 1
+                if on_step is not None:
+                    on_step(metrics)
                 board.write({k: v / count for k, v in sums.items()}, lr, epoch * len(plan) + step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
             if count == 0:

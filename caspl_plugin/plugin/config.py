@@ -10,7 +10,8 @@ nodes itself keeps working. The plugin's own nodes:
                          (``clip`` = vanilla CLIP, the authors' code | ``boosted``), ``BOOSTING_DEPTH``
                          (``artifact`` | ``method``: the authors' PromptSRC rule) and ``BOOSTING_SEED``
                          (its random fill; see caspl_plugin.methods.cascade)
-``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path
+``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path,
+                         ``TEACHER_CACHE`` (a ``caspl teacher-cache`` folder: train without the teacher's image tower)
 ``MODEL.BACKBONE.WEIGHTS`` / ``WEIGHTS_DIR``   where CLIP weights come from (see caspl_plugin.clip)
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ def plugin_defaults() -> dict[str, CN]:
         "BOOSTDISTILL": _node(
             N_CTX_TEXT=8, N_CTX_VISION=8, PROMPT_DEPTH_TEXT=12, PROMPT_DEPTH_VISION=12,
             CTX_INIT="a photo of a", TEACHER="ViT-L/14", TEACHER_WEIGHTS="", TEMPLATE="",
-            TEMPERATURE=1.0, TEACHER_SCALE="own", PREC="fp32", EXPORT="",
+            TEMPERATURE=1.0, TEACHER_SCALE="own", PREC="fp32", EXPORT="", TEACHER_CACHE="",
         ),
         "ZEROSHOTCLIP": _node(TEMPLATE="", PREC="fp32"),
     }

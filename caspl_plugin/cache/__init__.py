@@ -1,0 +1,17 @@
+"""The teacher-view cache: pay for the teacher once, train the student without it.
+
+:mod:`~caspl_plugin.cache.views` samples and renders deterministic views,
+:mod:`~caspl_plugin.cache.store` keeps them on disk (safetensors shards + JSON index, identity
+checks), :mod:`~caspl_plugin.cache.precompute` fills a cache (resumable, incremental, torchrun)
+and :mod:`~caspl_plugin.cache.dataset` feeds a training run (online or cached).
+"""
+from .dataset import TeacherViewDataset
+from .precompute import PrecomputeReport, build_teacher_cache, cache_identity
+from .store import CacheMismatchError, FileDiff, TeacherViewCache, describe_cache
+from .views import AugmentationSettings, ViewParams, render_view, sample_view
+
+__all__ = [
+    "AugmentationSettings", "CacheMismatchError", "FileDiff", "PrecomputeReport", "TeacherViewCache",
+    "TeacherViewDataset", "ViewParams", "build_teacher_cache", "cache_identity", "describe_cache",
+    "render_view", "sample_view",
+]

@@ -1,0 +1,149 @@
+"""The deterministic view schedule as a dataset: epoch ``e`` shows view ``e mod K`` of every image.
+
+One dataset serves both sides of the equivalence: online (the teacher's image tower computes the
+features of each view on the fly) and cached (the features and the view parameters are read from
+a :class:`~caspl_plugin.cache.store.TeacherViewCache`). Either way the student is fed the view's
+pixels rendered at its own size and normalisation, and the item is ``(pixels, path,
+{"teacher_features": Tensor[D]})`` (the loop's data protocol); an unreadable file yields
+``(None, path)``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .store import TeacherViewCache, digest_files, file_key
+from .views import AugmentationSettings, ViewParams, render_view, sample_view
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherViewDataset(Dataset):
+    """Images with their teacher view features, on a seeded per-epoch view schedule."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        root: str | Path,
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        views: int,
+        seed: int = 1,
+        augmentation: AugmentationSettings = AugmentationSettings(),
+        teacher=None,
+        cache: Optional[TeacherViewCache] = None,
+    ):
+        if (teacher is None) == (cache is None):
+            raise ValueError("give exactly one of teacher (online features) or cache (cached features)")
+        self.root = Path(root)
+        self.files = [Path(f) for f in files]
+        self.keys = [file_key(f, self.root) for f in self.files]
+        self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
+        self.views, self.seed, self.augmentation = int(views), int(seed), augmentation
+        self.teacher, self.cache = teacher, cache
+        self.epoch = 0
+
+    @classmethod
+    def from_cache(cls, cache: TeacherViewCache, files: Sequence[Path], root: str | Path, *, image_size: int,
+                   mean: Sequence[float], std: Sequence[float], teacher_identity: Optional[dict] = None,
+                   augmentation: Optional[AugmentationSettings] = None, views: Optional[int] = None,
+                   seed: Optional[int] = None) -> "TeacherViewDataset":
+        """The cached dataset of ``files``, after checking that the folder (every file's digest),
+        the teacher, the augmentation, K and the seed match the cache (None: not checked); files the
+        precompute found unreadable are left out (and logged)."""
+        current = digest_files(files, root, {**cache.files, **cache.index.get("unreadable", {})})
+        cache.check({
+            "teacher": teacher_identity,
+            "augmentation": None if augmentation is None else augmentation.to_json(),
+            "views": views, "seed": seed,
+        }, current)
+        readable = [f for f in files if file_key(f, root) in cache.files]
+        if len(readable) < len(files):
+            logger.warning("%d image(s) were unreadable when the cache was made and are left out", len(files) - len(readable))
+        return cls(readable, root, image_size=image_size, mean=mean, std=std, views=cache.views,
+                   seed=cache.index["seed"], augmentation=AugmentationSettings.from_json(cache.index["augmentation"]), cache=cache)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` uses view ``epoch mod K``."""
+        self.epoch = int(epoch)
+
+    @property
+    def view(self) -> int:
+        return self.epoch % self.views
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        path, key, k = self.files[index], self.keys[index], self.view
+        try:
+            with Image.open(path) as raw:
+                image = raw.convert("RGB")
+        except Exception as error:  # counted and reported by the loop, never fatal
+            logger.debug("Skipping unreadable image %s: %s", path, error)
+            return None, str(path)
+        if self.cache is not None:
+            (top, left, height, width, flip), features = self.cache.view(key, k)
+            params = ViewParams(top, left, height, width, flip)
+        else:
+            params = sample_view(image.width, image.height, self.seed, key, k, self.augmentation)
+            teacher = self.teacher
+            pixels = render_view(image, params, teacher.image_size, teacher.mean.flatten().tolist(), teacher.std.flatten().tolist(),
+                                 self.augmentation.interpolation)
+            device = teacher.text_features.device
+            features = teacher.image_features(pixels[None].to(device))[0].cpu()
+        student = render_view(image, params, self.image_size, self.mean, self.std, self.augmentation.interpolation)
+        return student, str(path), {"teacher_features": features}
+
+
+def open_cached_run(folder, files: Sequence[Path], root: str | Path, student, teacher: str, teacher_weights=None, *,
+                    weights_dir=None, device=None, epochs: Optional[int] = None):
+    """What a training run from a cache needs: ``(text_tower, dataset)``.
+
+    Only the teacher's text tower is built (for the class features); the cache must match the
+    folder (every file), the teacher (architecture and weights digest) and the recipe's
+    augmentation, else :class:`~caspl_plugin.cache.store.CacheMismatchError` names what differs.
+    """
+    from ..boosting.teacher import load_text_tower
+
+    cache = TeacherViewCache.open(folder)
+    tower = load_text_tower(teacher, teacher_weights, weights_dir=weights_dir, device=device)
+    dataset = TeacherViewDataset.from_cache(
+        cache, files, root, image_size=student.image_size, mean=student.mean, std=student.std,
+        teacher_identity={"arch": tower.arch, "weights_digest": tower.weights_digest},
+        augmentation=AugmentationSettings(),
+    )
+    if epochs is not None and epochs > cache.views:
+        logger.warning("%d epochs on a cache of %d views: epoch e uses view e mod %d, so views repeat", epochs, cache.views, cache.views)
+    return tower, dataset
+
+
+def dassl_augmentation(cfg) -> AugmentationSettings:
+    """The view augmentation a Dassl config asks for (``INPUT.TRANSFORMS``, ``RRCROP_SCALE``, ``INTERPOLATION``)."""
+    transforms = list(cfg.INPUT.TRANSFORMS)
+    if "random_resized_crop" not in transforms:
+        raise ValueError(f"A teacher-view cache needs random_resized_crop in INPUT.TRANSFORMS, got {transforms}")
+    return AugmentationSettings(
+        scale=tuple(float(v) for v in cfg.INPUT.RRCROP_SCALE),
+        flip_probability=0.5 if "random_flip" in transforms else 0.0,
+        interpolation=str(cfg.INPUT.INTERPOLATION),
+    )
+
+
+def dassl_cached_dataset(cfg, impaths: Sequence[str], tower) -> TeacherViewDataset:
+    """The cached dataset of a Dassl train split (file keys relative to ``DATASET.ROOT``), checked
+    against the folder, the teacher ``tower`` and the config's augmentation."""
+    cache = TeacherViewCache.open(cfg.TRAINER.BOOSTDISTILL.TEACHER_CACHE)
+    files = sorted({Path(p) for p in impaths})
+    return TeacherViewDataset.from_cache(
+        cache, files, cfg.DATASET.ROOT, image_size=int(cfg.INPUT.SIZE[0]), mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD,
+        teacher_identity={"arch": tower.arch, "weights_digest": tower.weights_digest}, augmentation=dassl_augmentation(cfg),
+    )
