@@ -12,11 +12,11 @@ import numpy as np
 
 
 def open_image(path):
-    """The image at ``path`` as an RGB ``PIL.Image`` (loaded, file closed)."""
-    from PIL import Image
+    """The image at ``path`` as an 8-bit RGB ``PIL.Image`` (loaded, file closed): the package's one
+    image opener, :func:`caspl_plugin.data.images.open_rgb` (16-bit and alpha handled; no torch)."""
+    from ..data.images import open_rgb
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return open_rgb(path)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
