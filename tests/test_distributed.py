@@ -77,3 +77,19 @@ def test_resume_with_another_world_size_is_refused(images, tmp_path):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         engine.load_checkpoint(tmp_path / "run.ckpt.safetensors", format="caspl-distill-checkpoint", optimizer=optimizer,
                                identity={**metadata["identity"], "world_size": 2})
+
+
+def test_caspl_distill_demo_runs_under_torchrun(tmp_path):
+    """The documented command: ``torchrun --standalone --nproc-per-node 2 -m caspl_plugin.cli distill
+    --demo --epochs 2 --out DIR`` trains with a global batch of 2 x 16 and rank 0 writes the artifact."""
+    from caspl_plugin.artifacts.boosting import BoostingArtifact
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "caspl_plugin.cli", "distill", "--demo", "--epochs", "2", "--out", str(tmp_path), "--no-progress"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1 and "global batch 16 x 2 = 32" in result.stdout
+    artifact = BoostingArtifact.load(tmp_path / "boosting.safetensors")
+    assert artifact.metadata["training"]["steps"] == 8  # 144 images // 32, two epochs
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -159,7 +159,9 @@ def test_recorded_weights_are_used_only_with_their_digest(classifier, weights_fi
     with pytest.raises(ArtifactError, match=r"replaced.safetensors do not match the digest.*--weights"):
         load_classifier(classifier)
     image = tmp_path / "x.png"
-    image.write_bytes(b"")
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image)  # a readable image: the model is what fails
     assert caspl(["classify", "--model", str(classifier), str(image)]) == 2
     assert "do not match the digest" in capsys.readouterr().err
     assert caspl(["inspect", str(classifier)]) == 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import open_clip
@@ -19,20 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..clip.names import resolve_model_name
-from ..clip.weights import PathLike, WeightsSource, read_weights, resolve_weights
+from ..clip.weights import PathLike, WeightsSource, file_sha256, read_weights, resolve_weights
 
 logger = logging.getLogger(__name__)
 
 #: Top-level state-dict keys of open_clip's built-in (non-custom) text tower.
 _TEXT_KEYS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
-
-
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_digest(state: dict[str, Tensor]) -> str:
@@ -52,7 +43,7 @@ def weights_digest(source: Optional[WeightsSource], model: Optional[nn.Module] =
     cannot be re-created later, so a cache of it can only be used in the same process.
     """
     if source is not None and source.path:
-        return "sha256:" + _file_sha256(Path(source.path))
+        return "sha256:" + file_sha256(source.path)
     if source is not None and source.kind == "package":
         state, _ = read_weights(source)
         return "state:" + state_digest(state)

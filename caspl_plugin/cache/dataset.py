@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 from torch.utils.data import Dataset
 
 from .store import TeacherViewCache, digest_files, file_key

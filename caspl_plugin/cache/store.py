@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-import torch
 from torch import Tensor
 
+from ..clip.weights import file_sha256
 from ..files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -36,14 +36,6 @@ _SHOWN = 5
 
 class CacheMismatchError(ValueError):
     """The cache does not match the run (folder, teacher, augmentation, views or seed)."""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_key(path: Path, root: Path) -> str:

@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 
 from . import CommandError
-from .distill import BATCH_HELP, _device, add_loop_arguments, check_tensorboard, say
+from .distill import BATCH_HELP, add_loop_arguments, check_tensorboard, run_distributed, say
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from caspl_plugin import distributed
-
-    device = distributed.setup(_device(args.device))
-    if not distributed.is_main():
-        logging.getLogger("caspl_plugin").setLevel(logging.WARNING)
-    try:
-        return _run(args, device)
-    finally:
-        distributed.cleanup()
+    return run_distributed(args, _run)
 
 
 # ---- inputs -------------------------------------------------------------------------------

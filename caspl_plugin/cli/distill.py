@@ -105,13 +105,12 @@ def say(*lines: str) -> None:
 
 
 def _template(value: str) -> str:
-    if "{}" in value:
-        return value
-    from caspl_plugin.data.catalog import TEMPLATES
+    from caspl_plugin.data.domains import resolve_template
 
-    if value in TEMPLATES:
-        return TEMPLATES[value]
-    raise CommandError(f"--template {value!r} has no '{{}}' and is not a dataset name; known datasets: {', '.join(sorted(TEMPLATES))}")
+    try:
+        return resolve_template(value)
+    except ValueError as error:
+        raise CommandError(f"--{error}") from None
 
 
 def _device(value: str):
@@ -161,16 +160,22 @@ def _domains(args):
         raise CommandError(str(error)) from error
 
 
-def run(args) -> int:
+def run_distributed(args, body) -> int:
+    """``body(args, device)`` in one process or as one rank of a torchrun job (the process group is
+    joined first and left at the end; ranks other than 0 log warnings only)."""
     from caspl_plugin import distributed
 
     device = distributed.setup(_device(args.device))
     if not distributed.is_main():
         logging.getLogger("caspl_plugin").setLevel(logging.WARNING)
     try:
-        return _run(args, device)
+        return body(args, device)
     finally:
         distributed.cleanup()
+
+
+def run(args) -> int:
+    return run_distributed(args, _run)
 
 
 def _run(args, device) -> int:

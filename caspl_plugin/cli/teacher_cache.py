@@ -90,11 +90,9 @@ def run(args) -> int:
     device = distributed.setup(_device(args.device))
     try:
         teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
-        try:  # the run guard (C3): one run per output at a time
-            from caspl_plugin.cli.runguard import output_lock
-        except ImportError:
-            output_lock = None
-        lock = output_lock(output) if output_lock is not None and distributed.is_main() else contextlib.nullcontext()
+        from caspl_plugin.cli.runguard import output_lock  # one run per output at a time
+
+        lock = output_lock(output, command="teacher-cache") if distributed.is_main() else contextlib.nullcontext()
         with lock:
             report = build_teacher_cache(
                 output, files, root, teacher, views=args.views, seed=args.seed,
