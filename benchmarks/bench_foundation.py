@@ -22,6 +22,7 @@ from caspl_plugin.clip import create_clip  # noqa: E402
 from caspl_plugin.engine import make_optimizer, training_step  # noqa: E402
 from caspl_plugin.prompts import PromptedCLIP, Slot, collect_tokens  # noqa: E402
 from caspl_plugin.boosting import make_boosting_group  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 
 def _sync(device):
@@ -41,20 +42,6 @@ def timed(fn, device, repeats):
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
-
-def interleaved(fns: dict, device, repeats):
-    """Median times of several functions measured in alternation (fair under machine noise)."""
-    for fn in fns.values():
-        fn()
-    _sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_encoders(device, repeats, classes):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,22 +21,8 @@ from caspl_plugin.clip import create_clip  # noqa: E402
 from caspl_plugin.engine import make_optimizer, training_step  # noqa: E402
 from caspl_plugin.methods import get_method  # noqa: E402
 from caspl_plugin.prompts import PromptedCLIP  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
-
-def interleaved(fns: dict, device, repeats: int) -> dict:
-    """Median seconds of each function, measured in alternation after one warm-up each."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        fn()
-    sync()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_eval_cache(clip, device, repeats):

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from caspl_plugin.boosting import BoostingConfig, build_distiller, kd_loss  # no
 from caspl_plugin.boosting.teacher import TextOnlyCLIP, TextTower  # noqa: E402
 from caspl_plugin.clip import WeightsSource, create_clip  # noqa: E402
 from caspl_plugin.engine import make_optimizer, training_step  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 LARGE = ("ViT-B/16", "ViT-L/14")
 TINY = ("caspl-tiny-student", "caspl-tiny-teacher")
@@ -46,20 +46,6 @@ def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
-
-def interleaved(fns: dict, device, repeats):
-    """Median times of several functions measured in alternation (fair under machine noise)."""
-    for fn in fns.values():
-        fn()
-    _sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def random_text_tower(name: str, device) -> TextTower:

@@ -240,4 +240,4 @@ def test_export_output_checks(student_file, tmp_path, capsys):
     assert "Classifier not found" in capsys.readouterr().err
     (tmp_path / "folder.onnx").mkdir()
     assert caspl(["export", "--model", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "folder.onnx")]) == 2
-    assert "is a directory" in capsys.readouterr().err
+    assert "is a folder; expected the path of a file" in capsys.readouterr().err

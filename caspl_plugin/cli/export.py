@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -22,31 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-dir", help="directory searched for CLIP weight files")
 
 
-def _check_output(path: Path) -> None:
-    from caspl_plugin.cli import CommandError
-
-    if path.is_dir():
-        raise CommandError(f"-o {path} is a directory; expected an .onnx file path")
-    folder = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise CommandError(f"-o {path}: cannot write into {existing}")
-
-
 def run(args) -> int:
     from caspl_plugin.cli import CommandError
-    from caspl_plugin.export import INSTALL_HINT, ExportError
+    from caspl_plugin.cli.runguard import preflight_output
+    from caspl_plugin.export import ExportError
+    from caspl_plugin.export.onnx_export import _require_export_packages
 
-    missing = []
-    for name in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise CommandError(f"caspl export needs {', '.join(missing)}: {INSTALL_HINT}")
+    try:
+        _require_export_packages()
+    except ExportError as error:
+        raise CommandError(f"caspl export: {error}") from None
     output = Path(args.output)
-    _check_output(output)
+    preflight_output(output, suffix=".onnx", what="-o")
     if not Path(args.model).is_file():
         raise FileNotFoundError(f"Classifier not found: {args.model}")
     from caspl_plugin.export.onnx_export import export_classifier
