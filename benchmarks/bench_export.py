@@ -63,9 +63,8 @@ def accuracy(logits, labels, columns):
 def train_caspl_promptsrc(settings):
     """The demo recipe for one seed: boosting prompts distilled from the toy teacher, then PromptSRC
     cascaded on the base shots. Returns (model over all classes, student, teacher)."""
-    from caspl_plugin.boosting import BoostingConfig, build_distiller
     from caspl_plugin.clip import create_clip
-    from caspl_plugin.demo import TEMPLATE, _normalise
+    from caspl_plugin.demo import _normalise, distill_toy_boosting
     from caspl_plugin.engine import fit
     from caspl_plugin.methods import get_method
     from caspl_plugin.prompts import PromptedCLIP
@@ -74,17 +73,7 @@ def train_caspl_promptsrc(settings):
     torch.manual_seed(0)
     student, teacher = create_clip("toy-student"), create_clip("toy-teacher")
     names, base_labels = domain.class_names(), domain.base_labels()
-    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
-    config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
-    distiller = build_distiller(student, teacher, names, TEMPLATE, config, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        teacher_logits = torch.cat([distiller.teacher_logits(chunk) for chunk in unlabeled.split(512)])
-    optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
-    epochs = max(1, round(settings.boost_steps * settings.boost_batch / len(unlabeled)))
-    fit(distiller, unlabeled, None, optimizer, epochs=epochs, batch_size=settings.boost_batch, seed=0,
-        teacher_logits=teacher_logits)
-    boosting = distiller.student.boosting
-    boosting.set_learnable(False)
+    boosting = distill_toy_boosting(student, teacher, settings).student.boosting
 
     seed = settings.seeds[0]
     shots = domain.generate(labels=[l for l in base_labels for _ in range(settings.shots)], seed=seed)

@@ -110,6 +110,23 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
 
 
+def distill_toy_boosting(student, teacher, settings: "DemoSettings", progress: bool = False):
+    """The demo's boosting phase: unlabeled toy images of all classes, the teacher's logits computed
+    once (the images are fixed), AdamW; returns the distiller with its boosting group frozen."""
+    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
+    config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
+    distiller = build_distiller(student, teacher, domain.class_names(), TEMPLATE, config,
+                                generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        teacher_logits = torch.cat([distiller.teacher_logits(chunk) for chunk in unlabeled.split(512)])
+    optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
+    epochs = max(1, round(settings.boost_steps * settings.boost_batch / len(unlabeled)))
+    fit(distiller, unlabeled, None, optimizer, epochs=epochs, batch_size=settings.boost_batch, seed=0,
+        progress="boosting" if progress else None, teacher_logits=teacher_logits)
+    distiller.student.boosting.set_learnable(False)
+    return distiller
+
+
 def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> DemoResult:
     """Run the demo and return every measured accuracy (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -133,17 +150,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> 
 
     # boosting phase: unlabeled images of all classes, teacher logits computed once
     step_started = time.perf_counter()
-    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
-    config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
-    distiller = build_distiller(student, teacher, names, TEMPLATE, config, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        teacher_logits = torch.cat([distiller.teacher_logits(chunk) for chunk in unlabeled.split(512)])
-    optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
-    epochs = max(1, round(settings.boost_steps * settings.boost_batch / len(unlabeled)))
-    fit(distiller, unlabeled, None, optimizer, epochs=epochs, batch_size=settings.boost_batch, seed=0,
-        progress="boosting" if progress else None, teacher_logits=teacher_logits)
+    distiller = distill_toy_boosting(student, teacher, settings, progress)
     boosting = distiller.student.boosting
-    boosting.set_learnable(False)
     result.add("Student + boosting", *_evaluate(distiller.student, base_test, novel_test))
     result.seconds["boosting"] = time.perf_counter() - step_started
 
