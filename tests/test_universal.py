@@ -168,6 +168,7 @@ def test_multi_domain_artifact_lists_domains_and_cascades_like_a_per_domain_one(
     assert [(d["name"], d["num_classes"], d["template"], d["num_images"]) for d in artifact.domains] == [
         ("plain", 3, DOMAIN_A.template, 36), ("outline", 4, DOMAIN_B.template, 36)]
     assert artifact.domains[1]["class_names_sha256"] == class_names_sha256(list(DOMAIN_B.class_names))
+    assert artifact.metadata["training"]["domain_sampling"] == "even"
 
     # phase 2 loads it like any boosting artifact; a cascade with it equals one with the same tensors
     # in a per-domain artifact
@@ -187,7 +188,7 @@ def test_multi_domain_artifact_lists_domains_and_cascades_like_a_per_domain_one(
     assert caspl(["inspect", str(out)]) == 0
 
 
-def test_multi_domain_resume_is_bit_identical(two_domains, tmp_path, monkeypatch):
+def test_multi_domain_resume_is_bit_identical(two_domains, tmp_path, monkeypatch, capsys):
     from caspl_plugin.artifacts.boosting import BoostingArtifact
     from caspl_plugin.boosting import train
 
@@ -205,6 +206,9 @@ def test_multi_domain_resume_is_bit_identical(two_domains, tmp_path, monkeypatch
     assert not (tmp_path / "resumed.safetensors").exists()
     # a checkpoint of these domains is refused for other domains
     assert _distill_domains(tmp_path / "resumed.safetensors", domains[:1] + [(*domains[1][:3], "renamed")], "--resume") == 2
+    # ... and for another domain sampling (the batches would differ from the interrupted run's)
+    assert _distill_domains(tmp_path / "resumed.safetensors", domains, "--resume", "--domain-sampling", "even") == 2
+    assert "domain_sampling='size', this run has 'even'" in capsys.readouterr().err
     assert _distill_domains(tmp_path / "resumed.safetensors", domains, "--resume") == 0
     clean, resumed = BoostingArtifact.load(tmp_path / "clean.safetensors"), BoostingArtifact.load(tmp_path / "resumed.safetensors")
     for key in ("text", "vision"):

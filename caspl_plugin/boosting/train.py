@@ -4,7 +4,7 @@ unlabeled images, Dassl's per-epoch LR schedule, a checkpoint every epoch and ex
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -37,6 +37,8 @@ class DistillSettings:
     precision: str = "fp32"
     num_workers: int = 0
     seed: int = 1
+    #: multi-domain phase 1: how domains are sampled (``size`` or ``even``); None for one domain
+    domain_sampling: Optional[str] = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -48,13 +50,15 @@ class DistillSettings:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.domain_sampling not in (None, "size", "even"):
+            raise ValueError(f"domain_sampling must be 'size', 'even' or None, got {self.domain_sampling!r}")
 
 
 #: What a run did (the engine's report): mean loss per epoch, steps, time, every image it had to skip.
 DistillReport = LoopReport
 
 #: Settings a checkpoint must share with the run that resumes it.
-_IDENTITY_KEYS = ("batch_size", "lr", "epochs", "seed", "temperature")
+_IDENTITY_KEYS = ("batch_size", "lr", "epochs", "seed", "temperature", "domain_sampling")
 
 
 def _identity(settings: DistillSettings) -> dict:
@@ -101,6 +105,12 @@ def run_distillation(
     counted in ``report.skipped`` with any that fail at run time. Ctrl-C raises
     :class:`~caspl_plugin.engine.TrainingInterrupted`, the checkpoint on disk being a complete one.
     """
+    sampling = getattr(dataset, "sampling", None)  # a multi-domain dataset's; recorded in the checkpoint
+    if settings.domain_sampling is None and sampling is not None:
+        settings = replace(settings, domain_sampling=sampling)
+    elif settings.domain_sampling != sampling:
+        raise ValueError(f"settings.domain_sampling is {settings.domain_sampling!r} but the dataset samples its domains "
+                         f"with {sampling!r}; give the same value to both")
     distiller.student.train()
     optimizer = make_optimizer(distiller.student.learnable_parameters(), settings.lr, settings.momentum, settings.weight_decay)
     start_epoch, report = 0, DistillReport()

@@ -234,6 +234,7 @@ def _validate_inputs(args):
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         teacher_scale=args.teacher_scale, precision=args.precision, num_workers=args.workers, seed=args.seed,
+        domain_sampling=args.domain_sampling if domains else None,
     )
     warning = warmup_warning(settings.epochs, settings.warmup_epochs, settings.warmup_lr, settings.lr)
     if warning:
