@@ -26,7 +26,7 @@ from .boosting import BoostingConfig, boosting_student, build_distiller
 from .clip import create_clip
 from .data.domains import DomainClassSet, plan_batches
 from .demo import DemoResult, _evaluate, _normalise, _Split, chart, csv_text, markdown_table, seed_caption, table_rows
-from .engine import fit, training_step
+from .engine import fit
 from .files import atomic_write
 from .methods import ZeroShotCLIP, get_method
 from .prompts import PromptedCLIP
@@ -80,31 +80,30 @@ def _class_set(variant: str) -> DomainClassSet:
 
 
 def train_boosting(student, teacher, domains: Sequence[tuple[DomainClassSet, torch.Tensor]], settings: UniversalSettings,
-                   progress: bool = False):
-    """A frozen boosting group distilled on one or several in-memory domains (one domain per batch)."""
-    from tqdm.auto import tqdm
-
+                   progress: bool = False, seed: int = 0):
+    """A frozen boosting group distilled on one or several in-memory domains: the engine's
+    :func:`~caspl_plugin.engine.fit` with the batch plan of ``caspl distill --domain`` (one domain
+    per batch, :func:`~caspl_plugin.data.domains.plan_batches`) and the teacher's image features
+    computed once (the images are fixed; each batch's logits use its domain's class set)."""
     config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
-    distiller = build_distiller(student, teacher, None, None, config, generator=torch.Generator().manual_seed(0),
+    distiller = build_distiller(student, teacher, None, None, config, generator=torch.Generator().manual_seed(seed),
                                 domains=[classes for classes, _ in domains])
-    images = [imgs for _, imgs in domains]
-    with torch.no_grad():  # the images are fixed: teacher logits once per domain, with its class set
-        logits = [torch.cat([distiller.teacher_logits(chunk, d) for chunk in imgs.split(512)]) for d, imgs in enumerate(images)]
+    sizes = [len(images) for _, images in domains]
+    offsets = [sum(sizes[:d]) for d in range(len(sizes))]
+    images = torch.cat([images for _, images in domains])
+    features = torch.cat([distiller.teacher_features(chunk) for chunk in images.split(512)])
+    domain_of = torch.cat([torch.full((size,), d, dtype=torch.long) for d, size in enumerate(sizes)])
+
+    def plan(epoch: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+        batches = plan_batches(sizes, batch_size, generator, drop_last=True, sampling=settings.sampling)
+        return [[offsets[d] + i for i in index] for d, index in batches]
+
+    per_epoch = len(plan(0, settings.boost_batch, torch.Generator()))  # the plan's length does not depend on the draw
     optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
-    distiller.train()
-    steps, epoch = 0, 0
-    bar = tqdm(total=settings.boost_steps, desc=f"boosting ({'+'.join(c.name for c, _ in domains)})", disable=not progress, leave=False)
-    while steps < settings.boost_steps:
-        plan = plan_batches([len(i) for i in images], settings.boost_batch, torch.Generator().manual_seed(epoch),
-                            drop_last=True, sampling=settings.sampling)
-        for d, index in plan[:settings.boost_steps - steps]:
-            index = torch.tensor(index)
-            training_step(distiller, images[d][index], None, optimizer, teacher_logits=logits[d][index],
-                          domain=torch.full((len(index),), d, dtype=torch.long))
-            steps += 1
-            bar.update(1)
-        epoch += 1
-    bar.close()
+    fit(distiller, images, None, optimizer, epochs=math.ceil(settings.boost_steps / per_epoch),
+        batch_size=settings.boost_batch, seed=seed, plan=plan, max_steps=settings.boost_steps,
+        progress=f"boosting ({'+'.join(c.name for c, _ in domains)})" if progress else None,
+        teacher_features=features, domain=domain_of)
     group = distiller.student.boosting
     group.set_learnable(False)
     return group
@@ -138,40 +137,44 @@ def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progre
     def boosted(group, variant: str) -> tuple[float, float]:
         return _evaluate(boosting_student(PromptedCLIP(student), names, group), *tests[variant])
 
-    step = time.perf_counter()
-    universal = train_boosting(student, teacher, [(_class_set(v), unlabeled(v, k)) for k, v in enumerate(settings.seen)],
-                               settings, progress)
-    result.seconds["universal boosting"] = time.perf_counter() - step
-    step = time.perf_counter()
-    per_domain = train_boosting(student, teacher, [(_class_set(held), unlabeled(held, len(settings.seen)))], settings, progress)
-    result.seconds["per-domain boosting"] = time.perf_counter() - step
+    def timed(part: str, run):
+        step = time.perf_counter()
+        value = run()
+        result.seconds[part] = result.seconds.get(part, 0.0) + time.perf_counter() - step
+        return value
 
-    rows = result.held_out
-    rows.add("Teacher, zero-shot", *zero_shot(teacher, held))
-    rows.add("Student, zero-shot", *zero_shot(student, held))
-    rows.add("Student + per-domain boosting", *boosted(per_domain, held))
-    rows.add("Student + universal boosting", *boosted(universal, held))
-    for variant in settings.seen:
-        result.seen.add(f"{variant}: student, zero-shot", *zero_shot(student, variant))
-        result.seen.add(f"{variant}: + universal boosting", *boosted(universal, variant))
-
-    step = time.perf_counter()
+    seen_data = [(_class_set(v), unlabeled(v, k)) for k, v in enumerate(settings.seen)]
+    held_data = [(_class_set(held), unlabeled(held, len(settings.seen)))]
     clip = PromptedCLIP(student)
     base_labels = domain.base_labels()
     base_names = [names[l] for l in base_labels]
-    variants = (("CoOp", None), ("CasPL_CoOp (per-domain)", per_domain), ("CasPL_CoOp (universal)", universal))
-    runs = [(seed, label, group) for seed in settings.seeds for label, group in variants]
-    for seed, label, group in tqdm(runs, desc="adapting", disable=not progress, leave=False):
+    rows = result.held_out
+    for first, seed in zip([True] + [False] * len(settings.seeds), settings.seeds):
+        # phase 1 per seed (prompt initialisation and batch order): the boosting rows have a spread too
+        universal = timed("universal boosting", lambda: train_boosting(student, teacher, seen_data, settings, progress, seed))
+        per_domain = timed("per-domain boosting", lambda: train_boosting(student, teacher, held_data, settings, progress, seed))
+        if first:  # deterministic: one run
+            rows.add("Teacher, zero-shot", *zero_shot(teacher, held))
+            rows.add("Student, zero-shot", *zero_shot(student, held))
+        rows.add("Student + per-domain boosting", *boosted(per_domain, held))
+        rows.add("Student + universal boosting", *boosted(universal, held))
+        for variant in settings.seen:
+            if first:
+                result.seen.add(f"{variant}: student, zero-shot", *zero_shot(student, variant))
+            result.seen.add(f"{variant}: + universal boosting", *boosted(universal, variant))
+
+        variants = (("CoOp", None), ("CasPL_CoOp (per-domain)", per_domain), ("CasPL_CoOp (universal)", universal))
         shots = domain.generate(labels=[l for l in base_labels for _ in range(settings.shots)], seed=seed, variant=held)
         shot_labels = torch.tensor([base_labels.index(int(l)) for l in shots.labels])
-        torch.manual_seed(seed)
-        model = get_method("coop")(clip, base_names, boosting=group, ctx_init=COOP_INIT)
-        optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
-        schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
-        fit(model, _normalise(shots.images, student), shot_labels, optimizer, epochs=settings.method_epochs,
-            batch_size=settings.method_batch, lr_at=schedule, seed=seed)
-        rows.add(label, *_evaluate(model, *tests[held]))
-    result.seconds["adapting"] = time.perf_counter() - step
+        for label, group in tqdm(variants, desc=f"adapting (seed {seed})", disable=not progress, leave=False):
+            torch.manual_seed(seed)
+            model = get_method("coop")(clip, base_names, boosting=group, ctx_init=COOP_INIT)
+            optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
+            schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
+            timed("adapting", lambda: fit(model, _normalise(shots.images, student), shot_labels, optimizer,
+                                          epochs=settings.method_epochs, batch_size=settings.method_batch,
+                                          lr_at=schedule, seed=seed))
+            rows.add(label, *_evaluate(model, *tests[held]))
     result.seconds["total"] = time.perf_counter() - started
     return result
 

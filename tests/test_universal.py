@@ -317,3 +317,42 @@ def test_demo_universal_quick_prints_the_held_out_table(tmp_path, capsys):
     assert len(rows) == 7 and all(0 <= float(r["hm"]) <= 100 for r in rows.values())
     assert "seed 1)" in (tmp_path / "universal_results.md").read_text()
     assert (tmp_path / "universal_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- the in-memory engine with a batch plan (the universal demo's phase 1) ---------------------
+
+class _Recorder(torch.nn.Module):
+    """An objective that records every batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.batches = []
+
+    def loss(self, images, labels, *, domain):
+        self.batches.append((images[:, 0].long().tolist(), domain.tolist()))
+        return (self.weight - images.mean()) ** 2, {"loss": torch.tensor(0.0)}
+
+
+def test_fit_follows_the_batch_plan_one_domain_per_batch_and_stops_at_max_steps():
+    from caspl_plugin.engine import fit
+
+    sizes, offsets = [5, 9], [0, 5]
+    images = torch.arange(14.0).reshape(14, 1)  # image i is the number i
+    domain_of = torch.tensor([0] * 5 + [1] * 9)
+    epochs_seen = []
+
+    def plan(epoch, batch_size, generator):
+        epochs_seen.append(epoch)
+        return [[offsets[d] + i for i in index] for d, index in
+                plan_batches(sizes, batch_size, generator, drop_last=True, sampling="even")]
+
+    objective = _Recorder()
+    optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
+    fit(objective, images, None, optimizer, epochs=10, batch_size=2, plan=plan, max_steps=11, domain=domain_of)
+    assert len(objective.batches) == 11  # 4 batches per domain and epoch (even): 8, then 3 of the second epoch
+    assert epochs_seen == [0, 1]
+    for numbers, domains in objective.batches:
+        assert len(set(domains)) == 1 and all(domain_of[n] == domains[0] for n in numbers)
+    first_epoch = Counter(domains[0] for _, domains in objective.batches[:8])
+    assert first_epoch == {0: 4, 1: 4}

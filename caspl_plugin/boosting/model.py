@@ -239,6 +239,14 @@ class BoostingDistiller(nn.Module):
         return self.teacher(self.teacher.prepare(images, clip.mean, clip.std), scale=self._teacher_scale(),
                             class_set=domain if self.domains else None)
 
+    @torch.no_grad()
+    def teacher_features(self, images: Tensor) -> Tensor:
+        """The teacher's L2-normalised image features ``[B, D]`` of student-normalised views: what
+        :meth:`loss` takes as ``teacher_features`` (independent of the class set, so one tensor
+        serves every domain)."""
+        clip = self.student.clip
+        return self.teacher.image_features(self.teacher.prepare(images, clip.mean, clip.std))
+
     def loss(
         self,
         images: Tensor,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="folder for the result table (Markdown, CSV) and chart")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="phase-2 seeds (default 1 2 3; --quick: 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 1 2 3; --quick: 1): phase 2's, and with --universal phase 1's too")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--universal", action="store_true",
                         help="universal boosting prompts: trained on several toy domains, measured on a held-out one")
