@@ -39,6 +39,8 @@ class DistillSettings:
     seed: int = 1
     #: multi-domain phase 1: how domains are sampled (``size`` or ``even``); None for one domain
     domain_sampling: Optional[str] = None
+    #: RandomResizedCrop area range of the training views
+    crop_scale: tuple[float, float] = (0.08, 1.0)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -50,6 +52,10 @@ class DistillSettings:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        low, high = (float(v) for v in self.crop_scale)
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale expects 0 < min <= max <= 1, got {tuple(self.crop_scale)!r}")
+        self.crop_scale = (low, high)
         if self.domain_sampling not in (None, "size", "even"):
             raise ValueError(f"domain_sampling must be 'size', 'even' or None, got {self.domain_sampling!r}")
 
@@ -58,11 +64,13 @@ class DistillSettings:
 DistillReport = LoopReport
 
 #: Settings a checkpoint must share with the run that resumes it.
-_IDENTITY_KEYS = ("batch_size", "lr", "epochs", "seed", "temperature", "domain_sampling")
+_IDENTITY_KEYS = ("batch_size", "lr", "epochs", "seed", "temperature", "domain_sampling", "crop_scale")
 
 
 def _identity(settings: DistillSettings) -> dict:
-    return {**{key: getattr(settings, key) for key in _IDENTITY_KEYS}, "world_size": distributed.world_size()}
+    values = {key: getattr(settings, key) for key in _IDENTITY_KEYS}
+    values["crop_scale"] = list(values["crop_scale"])  # as JSON reads it back
+    return {**values, "world_size": distributed.world_size()}
 
 
 def save_checkpoint(path: Path, distiller, optimizer, epoch: int, report: DistillReport, settings: DistillSettings) -> None:

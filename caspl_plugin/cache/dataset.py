@@ -104,12 +104,13 @@ class TeacherViewDataset(Dataset):
 
 
 def open_cached_run(folder, files: Sequence[Path], root: str | Path, student, teacher: str, teacher_weights=None, *,
-                    weights_dir=None, device=None, epochs: Optional[int] = None):
+                    weights_dir=None, device=None, epochs: Optional[int] = None,
+                    augmentation: Optional[AugmentationSettings] = None):
     """What a training run from a cache needs: ``(text_tower, dataset)``.
 
     Only the teacher's text tower is built (for the class features); the cache must match the
-    folder (every file), the teacher (architecture and weights digest) and the recipe's
-    augmentation, else :class:`~caspl_plugin.cache.store.CacheMismatchError` names what differs.
+    folder (every file), the teacher (architecture and weights digest) and the run's augmentation
+    (default: the recipe's), else :class:`~caspl_plugin.cache.store.CacheMismatchError` names what differs.
     """
     from ..boosting.teacher import load_text_tower
 
@@ -118,11 +119,53 @@ def open_cached_run(folder, files: Sequence[Path], root: str | Path, student, te
     dataset = TeacherViewDataset.from_cache(
         cache, files, root, image_size=student.image_size, mean=student.mean, std=student.std,
         teacher_identity={"arch": tower.arch, "weights_digest": tower.weights_digest},
-        augmentation=AugmentationSettings(),
+        augmentation=augmentation or AugmentationSettings(),
     )
     if epochs is not None and epochs > cache.views:
         logger.warning("%d epochs on a cache of %d views: epoch e uses view e mod %d, so views repeat", epochs, cache.views, cache.views)
     return tower, dataset
+
+
+def open_cached_domains(folder, domains: Sequence, student, teacher: str, teacher_weights=None, *, sampling: str = "size",
+                        weights_dir=None, device=None, epochs: Optional[int] = None, augmentation: Optional[AugmentationSettings] = None):
+    """What a multi-domain training run from a cache needs: ``(text_tower, MultiDomainImages)``.
+
+    ``folder`` holds one cache per domain (``folder/<domain name>``, as ``caspl teacher-cache
+    --domains`` writes it); each is checked like a single cache against its domain's image folder
+    (``domain.root``), the teacher and the augmentation. Files the precompute found unreadable are
+    left out of their domain; a domain left with no image is an error.
+    """
+    import dataclasses
+
+    from ..boosting.teacher import load_text_tower
+    from ..data.domains import MultiDomainImages
+    from .store import domain_cache_folders
+
+    folders = domain_cache_folders(folder, [d.name for d in domains])
+    missing = [name for name, path in folders.items() if not TeacherViewCache.exists(path)]
+    if missing:
+        raise FileNotFoundError(f"teacher-view cache {folder} has no cache for domain(s) {missing} (expected "
+                                f"{', '.join(str(folders[n]) for n in missing)}); make them with `caspl teacher-cache --domains ...`")
+    tower = load_text_tower(teacher, teacher_weights, weights_dir=weights_dir, device=device)
+    identity = {"arch": tower.arch, "weights_digest": tower.weights_digest}
+    kept, datasets, views = [], [], set()
+    for d in domains:
+        if d.root is None:
+            raise ValueError(f"domain {d.name!r} has no image folder (root) to match its cache's file keys against")
+        cache = TeacherViewCache.open(folders[d.name])
+        dataset = TeacherViewDataset.from_cache(cache, d.files, d.root, image_size=student.image_size, mean=student.mean,
+                                                std=student.std, teacher_identity=identity,
+                                                augmentation=augmentation or AugmentationSettings())
+        if not dataset.files:
+            raise ValueError(f"domain {d.name!r}: none of its images was readable when its cache was made")
+        if epochs is not None and epochs > cache.views:
+            logger.warning("domain %s: %d epochs on a cache of %d views: views repeat", d.name, epochs, cache.views)
+        kept.append(dataclasses.replace(d, files=tuple(dataset.files)))
+        datasets.append(dataset)
+        views.add(cache.views)
+    if len(views) > 1:
+        logger.warning("the domains' caches have different view counts %s: epoch e uses view e mod K of each", sorted(views))
+    return tower, MultiDomainImages(kept, sampling=sampling, datasets=datasets)
 
 
 def dassl_augmentation(cfg) -> AugmentationSettings:

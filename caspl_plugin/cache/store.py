@@ -9,6 +9,12 @@ Layout of a cache folder::
 
 Every file is written atomically; a shard's name is the digest of its content plan, so a
 precompute that was killed keeps its finished shards and resumes where it stopped.
+
+Several domains (multi-domain phase 1) get one cache each, side by side::
+
+    domains.json                  the domains of the set: name -> folder
+    <domain name>/index.json      that domain's cache, keys relative to its image folder
+    <domain name>/shards/...
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -31,6 +38,9 @@ CACHE_FORMAT = "caspl-teacher-cache"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 SHARD_DIR = "shards"
+DOMAINS_FILE = "domains.json"
+DOMAINS_FORMAT = "caspl-teacher-cache-domains"
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHOWN = 5
 
 
@@ -213,8 +223,51 @@ def write_index(folder: Path, index: dict) -> None:
     atomic_write(Path(folder) / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
 
 
+def domain_cache_folders(folder: str | os.PathLike, names: Sequence[str]) -> dict[str, Path]:
+    """``name -> folder/name``: where each domain's cache lives in a multi-domain cache folder.
+
+    A domain name becomes a folder name, so it must be one on every file system: letters, digits,
+    ``.``, ``_`` and ``-``, not starting with ``.``/``-``/``_``, and unique ignoring case.
+    """
+    bad = [name for name in names if not _FOLDER_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"domain name(s) {bad} cannot name a cache folder: use letters, digits, '.', '_' and '-' "
+                         "(starting with a letter or digit)")
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise ValueError(f"domain names {other!r} and {name!r} differ only in case: their cache folders would "
+                             "collide on a case-insensitive file system")
+    return {name: Path(folder) / name for name in names}
+
+
+def write_domains_index(folder: str | os.PathLike, counts: dict[str, int]) -> None:
+    """The set's ``domains.json``: each domain's folder and image count (rank 0 writes it)."""
+    from .. import __version__
+
+    index = {"format": DOMAINS_FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
+             "domains": {name: {"folder": name, "images": int(count)} for name, count in counts.items()}}
+    atomic_write(Path(folder) / DOMAINS_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
+
+
+def read_domains_index(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / DOMAINS_FILE
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(index, dict) or index.get("format") != DOMAINS_FORMAT or not isinstance(index.get("domains"), dict):
+        raise ValueError(f"{path} is not a multi-domain teacher-view cache index (expected format {DOMAINS_FORMAT!r})")
+    return index
+
+
 def describe_cache(folder: str | os.PathLike) -> str:
-    """A short report of a cache: identity, files, views, feature size and bytes on disk."""
+    """A short report of a cache: identity, files, views, feature size and bytes on disk (of every
+    domain's cache, for a multi-domain cache folder)."""
+    if not (Path(folder) / INDEX_FILE).is_file() and (Path(folder) / DOMAINS_FILE).is_file():
+        index = read_domains_index(folder)
+        parts = [f"{folder} (multi-domain teacher-view cache: {len(index['domains'])} domains)"]
+        for entry in sorted(index["domains"].values(), key=lambda e: e["folder"]):
+            parts.append(describe_cache(domain_cache_folders(folder, [entry["folder"]])[entry["folder"]]))
+        return "\n".join(parts)
     cache = TeacherViewCache.open(folder)
     index = cache.index
     shard_dir = Path(folder) / SHARD_DIR

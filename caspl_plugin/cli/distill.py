@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--teacher-weights", help="'openai', another open_clip tag, a local file, or 'random'")
     models.add_argument("--weights-dir", help="directory searched for weight files named after the models")
     models.add_argument("--teacher-cache", metavar="DIR",
-                        help="train from a teacher-view cache (`caspl teacher-cache`): the teacher's image tower is never built")
+                        help="train from a teacher-view cache (`caspl teacher-cache`): the teacher's image tower is never built; "
+                             "with --domain/--domains, DIR holds one cache per domain (DIR/<name>, `caspl teacher-cache --domains`)")
     models.add_argument("--template", default="a photo of a {}.",
                         help="teacher text template with {} for the class name, or a dataset name whose CoOp template to use (e.g. OxfordPets)")
     prompts = parser.add_argument_group("boosting prompts")
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=4, help=BATCH_HELP.format(half=2))
     train.add_argument("--lr", type=float, default=0.0025)
+    train.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                       help="RandomResizedCrop area range (default 0.08 1.0, the authors'); with --teacher-cache, the cache's")
     train.add_argument("--temperature", type=float, default=1.0)
     train.add_argument("--teacher-scale", choices=("own", "student"), default="own",
                        help="teacher logit scale: its own (default) or the student's")
@@ -148,14 +151,10 @@ def _domains(args):
     from caspl_plugin.data import domains as multi
 
     given = [flag for flag, value in (("--images", args.images), ("--class-names", args.class_names), ("--demo", args.demo)) if value]
-    if args.domain and args.domains:
-        raise CommandError("use either --domain (repeated) or --domains MANIFEST, not both")
-    if not (args.domain or args.domains):
-        return None
-    if given:
+    if (args.domain or args.domains) and given:
         raise CommandError(f"{', '.join(given)} cannot be combined with --domain/--domains (each domain names its own images and classes)")
     try:
-        return multi.read_manifest(args.domains) if args.domains else multi.domains_from_args(args.domain)
+        return multi.read_domains(args.domain, args.domains)
     except (OSError, ValueError) as error:
         raise CommandError(str(error)) from error
 
@@ -223,7 +222,7 @@ def _validate_inputs(args):
 
     domains = _domains(args)
     if domains and args.teacher_cache:
-        raise CommandError("--teacher-cache serves one image folder; it cannot be combined with --domain/--domains yet")
+        _check_domain_caches(args.teacher_cache, domains)
     if domains:
         files, class_names, template = [f for d in domains for f in d.files], None, None
     else:
@@ -234,12 +233,27 @@ def _validate_inputs(args):
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         teacher_scale=args.teacher_scale, precision=args.precision, num_workers=args.workers, seed=args.seed,
-        domain_sampling=args.domain_sampling if domains else None,
+        domain_sampling=args.domain_sampling if domains else None, crop_scale=tuple(args.crop_scale),
     )
     warning = warmup_warning(settings.epochs, settings.warmup_epochs, settings.warmup_lr, settings.lr)
     if warning:
         print(f"caspl distill: warning: {warning}", file=sys.stderr)
     return files, class_names, template, settings, domains
+
+
+def _check_domain_caches(folder, domains) -> None:
+    """Every domain has its cache in ``folder`` (checked before anything is built)."""
+    from caspl_plugin.cache.store import TeacherViewCache, domain_cache_folders
+
+    try:
+        folders = domain_cache_folders(folder, [d.name for d in domains])
+    except ValueError as error:
+        raise CommandError(f"--teacher-cache: {error}") from None
+    missing = [str(path) for path in folders.values() if not TeacherViewCache.exists(path)]
+    if missing:
+        raise CommandError(f"--teacher-cache {folder} has no cache for {len(missing)} of the {len(domains)} domains "
+                           f"(missing: {', '.join(missing)}); make them with `caspl teacher-cache` and the same "
+                           "--domain/--domains arguments")
 
 
 def _probe(files, args):
@@ -263,12 +277,14 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
 
     from caspl_plugin import distributed
     from caspl_plugin.boosting import BoostingConfig, build_distiller, export_artifact, run_distillation
+    from caspl_plugin.cache.views import AugmentationSettings
     from caspl_plugin.clip import create_clip
     from caspl_plugin.data.domains import MultiDomainImages
     from caspl_plugin.data.unlabeled import UnlabeledImages, train_transform
 
     readable, reasons = _probe(files, args)
     config = BoostingConfig(args.n_text, args.n_vision, args.depth_text, args.depth_vision)
+    listed = domains  # every listed file: what a domain's cache is checked against
     if domains:
         kept = {str(path) for path in readable}
         domains = [dataclasses.replace(d, files=tuple(f for f in d.files if str(f) in kept)) for d in domains]
@@ -285,12 +301,20 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
     torch.manual_seed(args.seed)
     student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
     dataset = None
-    if args.teacher_cache:  # the teacher-view cache: only the teacher's text tower is built
+    augmentation = AugmentationSettings(scale=settings.crop_scale)
+    if args.teacher_cache and domains:  # one cache per domain: only the teacher's text tower is built
+        from caspl_plugin.cache.dataset import open_cached_domains
+
+        teacher, dataset = open_cached_domains(args.teacher_cache, listed, student, args.teacher, args.teacher_weights,
+                                               sampling=args.domain_sampling, weights_dir=args.weights_dir,
+                                               device=device, epochs=args.epochs, augmentation=augmentation)
+        domains = dataset.domains
+    elif args.teacher_cache:  # the teacher-view cache: only the teacher's text tower is built
         from caspl_plugin.cache.dataset import open_cached_run
 
         teacher, dataset = open_cached_run(args.teacher_cache, files, Path(args.images), student, args.teacher,
                                            args.teacher_weights, weights_dir=args.weights_dir, device=device,
-                                           epochs=args.epochs)
+                                           epochs=args.epochs, augmentation=augmentation)
     else:
         teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
     distiller = build_distiller(
@@ -304,7 +328,7 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
     logger.info("boosting prompts: %d text x depth %d, %d vision x depth %d (%d parameters)",
                 spec.n_text, spec.depth_text, spec.n_vision, spec.depth_vision,
                 sum(p.numel() for p in distiller.student.learnable_parameters()))
-    transform = train_transform(student.image_size, student.mean, student.std)
+    transform = train_transform(student.image_size, student.mean, student.std, scale=augmentation.scale)
     if dataset is None:
         dataset = MultiDomainImages(domains, transform, args.domain_sampling) if domains else UnlabeledImages(readable, transform)
     if distributed.world_size() > 1:

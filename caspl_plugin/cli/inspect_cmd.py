@@ -78,14 +78,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def inspect_cache(folder: Path, as_json: bool) -> int:
-    """Describe a teacher-view cache folder (``caspl teacher-cache``), or print its index as JSON."""
-    from caspl_plugin.cache.store import INDEX_FILE, describe_cache
+    """Describe a teacher-view cache folder (``caspl teacher-cache``; one domain or several), or
+    print its index as JSON."""
+    from caspl_plugin.cache.store import DOMAINS_FILE, INDEX_FILE, describe_cache
 
-    if not (folder / INDEX_FILE).is_file():
-        raise CommandError(f"{folder} is a directory without a teacher-view cache index ({INDEX_FILE}); "
+    index = next((folder / name for name in (INDEX_FILE, DOMAINS_FILE) if (folder / name).is_file()), None)
+    if index is None:
+        raise CommandError(f"{folder} is a directory without a teacher-view cache index ({INDEX_FILE} or {DOMAINS_FILE}); "
                            "expected an artifact file (.safetensors) or a `caspl teacher-cache` folder")
-    if as_json:
-        print((folder / INDEX_FILE).read_text(encoding="utf-8"))
-    else:
-        print(describe_cache(folder))
+    try:
+        text = describe_cache(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(f"{index} cannot be read as a teacher-view cache index: {error}") from error
+    print(index.read_text(encoding="utf-8") if as_json else text)
     return 0

@@ -66,6 +66,8 @@ class DomainSource:
 
     classes: DomainClassSet
     files: tuple[Path, ...]
+    #: the image folder (what a teacher-view cache's file keys are relative to)
+    root: Optional[Path] = None
 
     @property
     def name(self) -> str:
@@ -105,7 +107,7 @@ def load_domain(images, class_names, template: str, name: Optional[str] = None) 
         raise ValueError(f"domain {name!r}: {error}") from error
     if len(names) < 2:
         raise ValueError(f"domain {name!r}: {class_names} has {len(names)} class name; a domain needs at least 2 classes")
-    return DomainSource(DomainClassSet(name, tuple(names), template), tuple(files))
+    return DomainSource(DomainClassSet(name, tuple(names), template), tuple(files), images)
 
 
 def check_domains(domains: Sequence[DomainSource]) -> list[DomainSource]:
@@ -131,6 +133,15 @@ def domains_from_args(values: Sequence[Sequence[str]]) -> list[DomainSource]:
             raise ValueError(f"--domain takes IMAGES CLASSNAMES TEMPLATE [NAME], got {len(value)} value(s): {list(value)}")
         domains.append(load_domain(*value))
     return check_domains(domains)
+
+
+def read_domains(domain: Optional[Sequence[Sequence[str]]] = None, manifest=None) -> Optional[list[DomainSource]]:
+    """The domains of ``--domain`` values or of a ``--domains`` manifest (None when neither is given)."""
+    if domain and manifest:
+        raise ValueError("use either --domain (repeated) or --domains MANIFEST, not both")
+    if manifest:
+        return read_manifest(manifest)
+    return domains_from_args(domain) if domain else None
 
 
 def read_manifest(path) -> list[DomainSource]:
@@ -194,13 +205,30 @@ def plan_batches(sizes: Sequence[int], batch_size: int, generator: torch.Generat
 
 
 class MultiDomainImages(Dataset):
-    """The images of several domains, one index space; items carry ``{"domain": LongTensor[]}``."""
+    """The images of several domains, one index space; items carry ``{"domain": LongTensor[]}``.
 
-    def __init__(self, domains: Sequence[DomainSource], transform: Callable, sampling: str = "size"):
+    By default each domain's files are read with ``transform``; ``datasets`` (one per domain, in
+    order, each of ``len(domain.files)`` items of the loop's data protocol, e.g. the
+    :class:`~caspl_plugin.cache.dataset.TeacherViewDataset` of a domain's teacher-view cache)
+    replace them, their extras kept and their ``set_epoch`` called.
+    """
+
+    def __init__(self, domains: Sequence[DomainSource], transform: Optional[Callable] = None, sampling: str = "size",
+                 *, datasets: Optional[Sequence[Dataset]] = None):
         if sampling not in SAMPLING:
             raise ValueError(f"domain sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
         self.domains, self.sampling = check_domains(domains), sampling
-        self.images = UnlabeledImages([f for d in self.domains for f in d.files], transform)
+        if (transform is None) == (datasets is None):
+            raise ValueError("give exactly one of transform (read the domains' files) or datasets (one per domain)")
+        if datasets is None:
+            datasets = [UnlabeledImages(list(d.files), transform) for d in self.domains]
+        datasets = list(datasets)
+        if len(datasets) != len(self.domains):
+            raise ValueError(f"{len(datasets)} dataset(s) for {len(self.domains)} domain(s)")
+        for d, dataset in zip(self.domains, datasets):
+            if len(dataset) != len(d.files):
+                raise ValueError(f"domain {d.name!r}: its dataset has {len(dataset)} items for {len(d.files)} files")
+        self.datasets = datasets
         self.offsets = [0]
         for d in self.domains:
             self.offsets.append(self.offsets[-1] + len(d.files))
@@ -218,9 +246,15 @@ class MultiDomainImages(Dataset):
                 return d
         raise IndexError(index)
 
+    def set_epoch(self, epoch: int) -> None:
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+
     def __getitem__(self, index: int):
-        image, path = self.images[index]
-        return image, path, {"domain": torch.tensor(self.domain_of(index), dtype=torch.long)}
+        d = self.domain_of(index)
+        image, path, *extras = self.datasets[d][index - self.offsets[d]]
+        return image, path, {**(extras[0] if extras else {}), "domain": torch.tensor(d, dtype=torch.long)}
 
     def batches(self, epoch: int, global_batch_size: int, generator: torch.Generator, drop_last: bool) -> list[list[int]]:
         """The epoch's global batches as index lists; every batch from one domain."""
