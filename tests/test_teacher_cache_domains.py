@@ -205,3 +205,12 @@ def test_two_processes_train_from_domain_caches_like_one(world, cache, tmp_path)
     for key in ("text", "vision"):
         assert (one.tensors[key] - two.tensors[key]).abs().max() < 1e-5
     assert not torch.equal(one.tensors["text"], torch.zeros_like(one.tensors["text"]))
+
+
+def test_a_cache_made_with_another_crop_scale_serves_a_run_with_that_crop_scale(world, tmp_path):
+    cache = tmp_path / "cache"
+    assert _teacher_cache(world, cache, "--crop-scale", "0.5", "1.0") == 0
+    out = tmp_path / "universal.safetensors"
+    assert _distill(world, out, "--teacher-cache", str(cache)) == 2  # the recipe's 0.08-1 is not the cache's
+    assert _distill(world, out, "--teacher-cache", str(cache), "--crop-scale", "0.5", "1.0") == 0
+    assert BoostingArtifact.load(out).metadata["training"]["crop_scale"] == [0.5, 1.0]

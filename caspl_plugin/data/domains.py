@@ -144,6 +144,39 @@ def read_domains(domain: Optional[Sequence[Sequence[str]]] = None, manifest=None
     return domains_from_args(domain) if domain else None
 
 
+def benchmark_domain(name: str, root, *, subsample: str = "all") -> DomainSource:
+    """A CoOp benchmark dataset under ``root`` (Dassl's ``DATASET.ROOT``) as a domain: the images of
+    its train split, its class names (``subsample`` classes, as ``DATASET.SUBSAMPLE_CLASSES``) and its
+    CoOp template; the domain's root is ``root`` (what ``caspl teacher-cache --dataset`` keys by)."""
+    from .catalog import dataset_spec
+    from .labeled import class_names_of
+    from .layouts import load_benchmark
+
+    try:
+        spec = dataset_spec(name)
+        splits = load_benchmark(name, str(root), subsample=subsample)
+    except (KeyError, OSError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise ValueError(f"domain {name!r}: {message}") from None
+    files = tuple(sorted({Path(record.impath) for record in splits.train}))
+    if not files:
+        raise ValueError(f"domain {name!r}: the train split under {root} has no images")
+    return DomainSource(DomainClassSet(name, tuple(class_names_of(splits.train)), spec.template), files, Path(root))
+
+
+def dassl_domains(entries: Sequence[str], root, *, subsample: str = "all") -> list[DomainSource]:
+    """The domains of ``TRAINER.BOOSTDISTILL.DOMAINS``: each entry a CoOp dataset name (read under
+    ``root``) or a manifest file (``.json``/``.yaml``/``.yml``, see the module docstring)."""
+    domains: list[DomainSource] = []
+    for entry in entries:
+        entry = str(entry)
+        if Path(entry).suffix.lower() in (".json", ".yaml", ".yml"):
+            domains += read_manifest(entry)
+        else:
+            domains.append(benchmark_domain(entry, root, subsample=subsample))
+    return check_domains(domains)
+
+
 def read_manifest(path) -> list[DomainSource]:
     """Domains from a JSON or YAML manifest (see the module docstring); paths relative to its folder."""
     path = Path(path)

@@ -14,7 +14,15 @@ model (phase 2) or a :class:`~caspl_plugin.boosting.BoostingDistiller` (phase 1)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import EvalResult, evaluate
 from .fit import fit
-from .loop import LoopConfig, LoopReport, TrainingInterrupted, collate_items, open_tensorboard, train_epochs
+from .loop import (
+    LoopConfig,
+    LoopReport,
+    PlannedBatchSampler,
+    TrainingInterrupted,
+    collate_items,
+    open_tensorboard,
+    train_epochs,
+)
 from .step import (
     PRECISIONS,
     autocast,
@@ -29,6 +37,6 @@ from .step import (
 
 __all__ = [
     "PRECISIONS", "autocast", "autocast_dtype", "epoch_lr", "grad_scaler", "make_optimizer", "set_lr",
-    "synced_step", "training_step", "fit", "LoopConfig", "LoopReport", "TrainingInterrupted", "collate_items",
+    "synced_step", "training_step", "fit", "LoopConfig", "LoopReport", "PlannedBatchSampler", "TrainingInterrupted", "collate_items",
     "open_tensorboard", "train_epochs", "load_checkpoint", "save_checkpoint", "EvalResult", "evaluate",
 ]

@@ -128,6 +128,30 @@ def epoch_batches(dataset: Dataset, epoch: int, seed: int, global_batch_size: in
     return plan, loader_generator
 
 
+class PlannedBatchSampler:
+    """The engine's epoch plan (:func:`epoch_batches`: the dataset's ``batches()`` or the default
+    seeded permutation) as a ``DataLoader`` batch sampler, for a loop that is not the engine's
+    (Dassl's ``run_epoch``). Call :meth:`set_epoch` before every epoch; one process."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int):
+        self.dataset, self.batch_size, self.seed = dataset, int(batch_size), int(seed)
+        self.epoch, self._plan = 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._plan = int(epoch), None
+
+    def _batches(self) -> list[list[int]]:
+        if self._plan is None:
+            self._plan = epoch_batches(self.dataset, self.epoch, self.seed, self.batch_size)[0]
+        return self._plan
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
 def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
     """The global RNG seed of the epoch's augmentation on process ``rank`` (rank 0 = one process)."""
     return seed * 100003 + epoch + 1_000_003 * rank

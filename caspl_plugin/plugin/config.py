@@ -11,7 +11,9 @@ nodes itself keeps working. The plugin's own nodes:
                          (``artifact`` | ``method``: the authors' PromptSRC rule) and ``BOOSTING_SEED``
                          (its random fill; see caspl_plugin.methods.cascade)
 ``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path,
-                         ``TEACHER_CACHE`` (a ``caspl teacher-cache`` folder: train without the teacher's image tower)
+                         ``TEACHER_CACHE`` (a ``caspl teacher-cache`` folder: train without the teacher's image tower),
+                         ``DOMAINS`` (universal boosting prompts: CoOp dataset names and/or domain manifests,
+                         one class set and template each) and ``DOMAIN_SAMPLING`` (``size`` | ``even``)
 ``MODEL.BACKBONE.WEIGHTS`` / ``WEIGHTS_DIR``   where CLIP weights come from (see caspl_plugin.clip)
 """
 from __future__ import annotations
@@ -51,6 +53,7 @@ def plugin_defaults() -> dict[str, CN]:
             N_CTX_TEXT=8, N_CTX_VISION=8, PROMPT_DEPTH_TEXT=12, PROMPT_DEPTH_VISION=12,
             CTX_INIT="a photo of a", TEACHER="ViT-L/14", TEACHER_WEIGHTS="", TEMPLATE="",
             TEMPERATURE=1.0, TEACHER_SCALE="own", PREC="fp32", EXPORT="", TEACHER_CACHE="",
+            DOMAINS=[], DOMAIN_SAMPLING="size",
         ),
         "ZEROSHOTCLIP": _node(TEMPLATE="", PREC="fp32"),
     }
