@@ -120,3 +120,41 @@ def test_boost_distill_domain_config_errors_are_clear(opts, error, message, worl
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_trainer(_cfg(world, tmp_path, "TEST.NO_TEST", True, *opts))
     assert not (tmp_path / "boosting.safetensors").exists()
+
+
+def test_boost_distill_with_domains_equals_caspl_distill_with_domains(world, tmp_path):
+    """The same domains, caches, seed and recipe: Dassl's loop and the engine's end on the same prompts."""
+    from dassl.engine import build_trainer
+
+    from caspl_plugin.clip import create_clip
+
+    torch.manual_seed(5)
+    student = tmp_path / "student.safetensors"
+    save_file({k: v.contiguous() for k, v in create_clip("caspl-tiny-student", "random").model.state_dict().items()}, str(student))
+    cache = tmp_path / "cache"
+    common = ["--teacher", "caspl-tiny-teacher", "--teacher-weights", str(world["weights"])]
+    manifest = world["base"] / "two.json"
+    entries = json.loads(world["manifest"].read_text())["domains"]
+    shapes = world["base"] / "shapes.txt"
+    shapes.write_text("\n".join(["circle", "square", "triangle"]) + "\n")
+    manifest.write_text(json.dumps({"domains": [*entries, {**entries[0], "name": "shapes", "class_names": "shapes.txt",
+                                                           "template": "a photo of a {}."}]}))
+    assert caspl(["teacher-cache", "--domains", str(manifest), "--views", "3", "--no-progress", "-o", str(cache), *common]) == 0
+    out = tmp_path / "cli.safetensors"
+    assert caspl(["distill", "--domains", str(manifest), "--domain-sampling", "size", "--teacher-cache", str(cache),
+                  "--student", "caspl-tiny-student", "--student-weights", str(student), *common,
+                  "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--seed", "1", "--n-text", "2", "--n-vision", "2",
+                  "--depth-text", "12", "--depth-vision", "12", "--no-progress", "-o", str(out)]) == 0
+    cfg = tiny_cfg(world["root"], tmp_path / "dassl", "BoostDistill", "TEST.NO_TEST", True,
+                   "TRAINER.BOOSTDISTILL.DOMAINS", [str(manifest)], "TRAINER.BOOSTDISTILL.DOMAIN_SAMPLING", "size",
+                   "TRAINER.BOOSTDISTILL.TEACHER_CACHE", str(cache), "TRAINER.BOOSTDISTILL.TEACHER_WEIGHTS", str(world["weights"]),
+                   "MODEL.BACKBONE.WEIGHTS", str(student), epochs=3)
+    build_trainer(cfg).train()
+    cli, dassl = BoostingArtifact.load(out), BoostingArtifact.load(tmp_path / "dassl" / "boosting.safetensors")
+    assert cli.domains == dassl.domains
+    for key in ("text", "vision"):
+        assert cli.tensors[key].shape == dassl.tensors[key].shape
+        assert (cli.tensors[key] - dassl.tensors[key]).abs().max() < 1e-5, key
+    # and training moved the prompts (epochs 2 and 3 at lr 0.01, after the warm-up epoch)
+    initial = build_trainer(cfg).model.boosting.tensors()
+    assert (initial["text"] - cli.tensors["text"]).abs().max() > 1e-4

@@ -20,6 +20,7 @@ import logging
 import os.path as osp
 from types import SimpleNamespace
 
+import torch
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
@@ -75,6 +76,8 @@ class BoostDistill(TrainerX):
             self.student_backbone, teacher, None if self.domains else classnames, None if self.domains else template, config,
             temperature=float(node.TEMPERATURE), teacher_scale=node.TEACHER_SCALE,
             domains=[d.classes for d in self.domains] if self.domains else None,
+            # the prompts' initial draw from SEED alone, as `caspl distill --seed` (SEED < 0: the global RNG)
+            generator=torch.Generator().manual_seed(cfg.SEED) if cfg.SEED >= 0 else None,
         ).to(self.device)
         self.model = self.distiller.student
         learnable = LearnableView(self.model)
