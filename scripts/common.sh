@@ -14,6 +14,8 @@
 #   CFG          trainer config: a name under configs/trainers/<TRAINER>/ or a path to a .yaml file
 #   BOOST_CFG    phase-1 config the CasPL scripts read the boosting prompts of (same forms as CFG)
 #   CASCADE      1 (default): train CasPL_<METHOD>; 0: the method alone (what scripts/methods/ set)
+#   UNIVERSAL    NAME: phase 2 uses the universal boosting prompts NAME (scripts/caspl/boosting_universal.sh)
+#                instead of each dataset's, and writes its runs under OUTPUT/universal/NAME/
 
 PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$PROJECT_ROOT"
@@ -24,6 +26,9 @@ PYTHON=${PYTHON:-python}
 TRAIN_PY=${TRAIN_PY:-train.py}
 SEEDS=${SEEDS:-1 2 3}
 CASCADE=${CASCADE:-1}
+UNIVERSAL=${UNIVERSAL:-}
+#: where the phase-2 runs go: OUTPUT, or OUTPUT/universal/NAME with universal boosting prompts
+RUNS=$OUTPUT${UNIVERSAL:+/universal/$UNIVERSAL}
 read -r -a TRAIN_FLAG_LIST <<< "${TRAIN_FLAGS:-}"
 
 METHODS="CoOp CoCoOp IVLP MaPLe PromptSRC"
@@ -106,16 +111,34 @@ boosting_dir() {
     echo "$OUTPUT/boosting/$1/$(config_name "$2")/seed1"
 }
 
-# set_boost_opts DATASET BOOST_CFG: BOOST_OPTS=(the phase-2 option naming the boosting prompts);
-# empty with CASCADE=0
+# universal_dir NAME BOOST_CFG: where scripts/caspl/boosting_universal.sh writes universal prompts NAME
+universal_dir() {
+    [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "universal prompts name '$1': use letters, digits, '.', '_' and '-'"
+    echo "$OUTPUT/boosting/universal/$1/$(config_name "$2")/seed1"
+}
+
+# set_boost_opts DATASET BOOST_CFG: BOOST_OPTS=(the phase-2 option naming the boosting prompts: the
+# dataset's, or with UNIVERSAL=NAME the universal ones); empty with CASCADE=0
 set_boost_opts() {
     BOOST_OPTS=()
     [[ $CASCADE == 1 ]] || return 0
     local dir
-    dir=$(boosting_dir "$1" "$2")
-    [[ -f $dir/$BOOSTING_FILE ]] ||
-        die "no boosting prompts at $dir/$BOOSTING_FILE: run scripts/caspl/boosting.sh $1 $2 first"
+    if [[ -n $UNIVERSAL ]]; then
+        dir=$(universal_dir "$UNIVERSAL" "$2")
+        [[ -f $dir/$BOOSTING_FILE ]] ||
+            die "no universal boosting prompts at $dir/$BOOSTING_FILE: run CFG=$2 scripts/caspl/boosting_universal.sh $UNIVERSAL DOMAIN... first"
+    else
+        dir=$(boosting_dir "$1" "$2")
+        [[ -f $dir/$BOOSTING_FILE ]] ||
+            die "no boosting prompts at $dir/$BOOSTING_FILE: run scripts/caspl/boosting.sh $1 $2 first"
+    fi
     BOOST_OPTS=(TRAINER.CASPL.BOOSTING "$dir")
+}
+
+# phase_one DATASET: run the dataset's phase 1 (boosting.sh with BOOST_CFG) unless CASCADE=0 or UNIVERSAL is set
+phase_one() {
+    [[ $CASCADE == 1 && -z $UNIVERSAL ]] || return 0
+    CFG=$BOOST_CFG "$PROJECT_ROOT/scripts/caspl/boosting.sh" "$1"
 }
 
 # default_cfg PROTOCOL METHOD DATASET [SHOTS]: the trainer config of a protocol (base2new, few_shot,

@@ -237,7 +237,7 @@ def test_script_syntax(script):
 
 def test_every_protocol_script_has_a_base_method_twin_and_is_executable():
     caspl = {p.name for p in (SCRIPTS / "caspl").glob("*.sh")}
-    assert {p.name for p in (SCRIPTS / "methods").glob("*.sh")} == caspl - {"boosting.sh"}
+    assert {p.name for p in (SCRIPTS / "methods").glob("*.sh")} == caspl - {"boosting.sh", "boosting_universal.sh"}
     assert all(os.access(p, os.X_OK) for p in ALL_SCRIPTS if p.name != "common.sh")  # common.sh is sourced
 
 
@@ -305,6 +305,22 @@ def test_phase_two_without_boosting_prompts_names_the_command(tmp_path):
     )
     assert result.returncode == 2
     assert "scripts/caspl/boosting.sh dtd vit_b16_c2_ep20_batch4_8+8ctx_l12 first" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_universal_phase_two_without_its_prompts_names_the_command_and_bad_names_are_refused(tmp_path):
+    env = {**os.environ, "OUTPUT": str(tmp_path), "PYTHON": "false", "UNIVERSAL": "pets-dtd"}
+    result = subprocess.run([str(SCRIPTS / "caspl" / "base2new_train.sh"), "dtd", "1", "PromptSRC"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "scripts/caspl/boosting_universal.sh pets-dtd DOMAIN... first" in result.stderr
+    assert f"{tmp_path}/boosting/universal/pets-dtd/vit_b16_c2_ep20_batch4_8+8ctx_l12/seed1" in result.stderr
+    bad = subprocess.run([str(SCRIPTS / "caspl" / "boosting_universal.sh"), "../up", "dtd"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "universal prompts name '../up'" in bad.stderr
+    unknown = subprocess.run([str(SCRIPTS / "caspl" / "boosting_universal.sh"), "u", "dtd", "no_such_set"],
+                             capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "unknown dataset 'no_such_set'" in unknown.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -485,3 +501,42 @@ def test_scripts_end_to_end_on_tiny_clips(dassl_cfg, tmp_path):
                    CFG="configs/tiny/coop.yaml", BOOST_CFG="configs/tiny/boostdistill.yaml")
     assert "skipped" in again and len(list(phase2.glob("log.txt*"))) == 1
     print(f"boosting.sh + base2new_train.sh on the tiny CLIPs: {elapsed:.1f} s wall, {cpu:.1f} s CPU")
+
+
+def test_universal_scripts_end_to_end_on_tiny_clips(dassl_cfg, tmp_path):
+    """SLOW (two train.py processes): boosting_universal.sh over DTD and a manifest domain, then
+    CasPL_CoOp on DTD with UNIVERSAL=NAME, its runs under OUTPUT/universal/NAME."""
+    import json
+
+    from helpers_dassl import make_dtd
+
+    from caspl_plugin.artifacts.boosting import BoostingArtifact
+    from caspl_plugin.toy import domain
+
+    data = make_dtd(tmp_path / "data", train_per_class=1, test_per_class=1)
+    images = domain.write_image_folder(tmp_path / "outline", num_per_class=1, seed=3, variant="outline").images
+    (tmp_path / "outline.txt").write_text("\n".join(domain.class_names()) + "\n")
+    manifest = tmp_path / "outline.json"
+    manifest.write_text(json.dumps({"domains": [{"name": "outline", "images": str(images), "class_names": "outline.txt",
+                                                 "template": "a drawing of a {}."}]}))
+    output = tmp_path / "output"
+    env = {**os.environ, "DATA": str(data), "OUTPUT": str(output), "PYTHON": sys.executable,
+           "TRAIN_FLAGS": "--no-env-info", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+    def script(name, *args, **extra):
+        result = subprocess.run([str(SCRIPTS / "caspl" / name), *args], capture_output=True, text=True,
+                                env={**env, **extra}, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    script("boosting_universal.sh", "dtd-outline", "dtd", str(manifest), CFG="configs/tiny/boostdistill.yaml", SAMPLING="even")
+    phase1 = output / "boosting" / "universal" / "dtd-outline" / "boostdistill" / "seed1"
+    artifact = BoostingArtifact.load(phase1 / BOOSTING_FILE)
+    assert [(d["name"], d["num_images"]) for d in artifact.domains] == [("dtd", 36), ("outline", 36)]
+    assert artifact.metadata["training"]["domain_sampling"] == "even"
+    script("base2new_train.sh", "dtd", "1", "CoOp", CFG="configs/tiny/coop.yaml", BOOST_CFG="configs/tiny/boostdistill.yaml",
+           UNIVERSAL="dtd-outline")
+    phase2 = output / "universal" / "dtd-outline" / "base2new" / "train_base" / "dtd" / "shots_16" / "CasPL_CoOp" / "coop" / "seed1"
+    log = (phase2 / "log.txt").read_text()
+    assert f"BOOSTING: {phase1}" in log and "=> result" in log
+    assert not (output / "base2new").exists()  # the per-dataset runs' folders are untouched
+

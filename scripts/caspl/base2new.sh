@@ -18,7 +18,7 @@ shift 2
 BOOST_CFG=${BOOST_CFG:-$(default_boost_cfg "$DATASET")}
 export BOOST_CFG
 
-if [[ $CASCADE == 1 ]]; then CFG=$BOOST_CFG "$HERE/boosting.sh" "$DATASET"; fi
+phase_one "$DATASET"
 for SEED in $SEEDS; do
     "$HERE/base2new_train.sh" "$DATASET" "$SEED" "$METHOD" "$@"
     "$HERE/base2new_test.sh" "$DATASET" "$SEED" "$METHOD" "$@"

@@ -25,8 +25,8 @@ DATASET_FILE=$(dataset_file "$DATASET")
 LOADEP=${LOADEP:-$(max_epoch "$CFG_FILE" "$@")}
 set_boost_opts "$DATASET" "$BOOST_CFG"
 COMMON_DIR=$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
-MODEL_DIR=$OUTPUT/base2new/train_base/$COMMON_DIR
-DIR=$OUTPUT/base2new/test_$SUB/$COMMON_DIR
+MODEL_DIR=$RUNS/base2new/train_base/$COMMON_DIR
+DIR=$RUNS/base2new/test_$SUB/$COMMON_DIR
 [[ -d $MODEL_DIR ]] || die "no trained model in $MODEL_DIR: run scripts/caspl/base2new_train.sh $DATASET $SEED $METHOD first"
 
 run "$DIR" "=> result" \

@@ -25,7 +25,7 @@ SHOTS=16
 CFG_FILE=$(config_file "$TRAINER" "$CFG")
 DATASET_FILE=$(dataset_file "$DATASET")
 set_boost_opts "$DATASET" "$BOOST_CFG"
-DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
+DIR=$RUNS/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
 
 train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" "$SHOTS" base \
     ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \

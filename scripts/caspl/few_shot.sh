@@ -20,7 +20,7 @@ BOOST_CFG=${BOOST_CFG:-$(default_boost_cfg "$DATASET")}
 SHOTS_LIST=${SHOTS_LIST:-1 2 4 8 16}
 
 DATASET_FILE=$(dataset_file "$DATASET")
-if [[ $CASCADE == 1 ]]; then CFG=$BOOST_CFG "$HERE/boosting.sh" "$DATASET"; fi
+phase_one "$DATASET"
 set_boost_opts "$DATASET" "$BOOST_CFG"
 set_gpa_opts "$METHOD" "$DATASET"
 
@@ -28,7 +28,7 @@ for SHOTS in $SHOTS_LIST; do
     RUN_CFG=${CFG:-$(default_cfg few_shot "$METHOD" "$DATASET" "$SHOTS")}
     CFG_FILE=$(config_file "$TRAINER" "$RUN_CFG")
     for SEED in $SEEDS; do
-        DIR=$OUTPUT/few_shot/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$RUN_CFG")/seed$SEED
+        DIR=$RUNS/few_shot/$DATASET/shots_$SHOTS/$TRAINER/$(config_name "$RUN_CFG")/seed$SEED
         train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" "$SHOTS" all \
             ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \
             ${GPA_OPTS[@]+"${GPA_OPTS[@]}"} \

@@ -14,7 +14,7 @@ SOURCE=${SOURCE:-imagenet}
 BOOST_CFG=${BOOST_CFG:-$(xd_boost_cfg "$METHOD")}
 export SOURCE BOOST_CFG
 
-if [[ $CASCADE == 1 ]]; then CFG=$BOOST_CFG "$HERE/boosting.sh" "$SOURCE"; fi
+phase_one "$SOURCE"
 for SEED in $SEEDS; do
     "$HERE/xd_train.sh" "$SEED" "$@"
     "$HERE/xd_test.sh" "$SEED" "$@"

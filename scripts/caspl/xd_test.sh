@@ -25,11 +25,11 @@ CFG_FILE=$(config_file "$TRAINER" "$CFG")
 LOADEP=${LOADEP:-$(max_epoch "$CFG_FILE" "$@")}
 set_boost_opts "$SOURCE" "$BOOST_CFG"
 COMMON_DIR=shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
-MODEL_DIR=$OUTPUT/xd/train/$SOURCE/$COMMON_DIR
+MODEL_DIR=$RUNS/xd/train/$SOURCE/$COMMON_DIR
 [[ -d $MODEL_DIR ]] || die "no trained model in $MODEL_DIR: run scripts/caspl/xd_train.sh $SEED $METHOD first"
 
 for TARGET in $TARGETS; do
-    run "$OUTPUT/xd/test/$TARGET/$COMMON_DIR" "=> result" \
+    run "$RUNS/xd/test/$TARGET/$COMMON_DIR" "=> result" \
         --root "$DATA" \
         --seed "$SEED" \
         --trainer "$TRAINER" \

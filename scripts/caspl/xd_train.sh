@@ -23,7 +23,7 @@ SHOTS=16
 CFG_FILE=$(config_file "$TRAINER" "$CFG")
 DATASET_FILE=$(dataset_file "$SOURCE")
 set_boost_opts "$SOURCE" "$BOOST_CFG"
-DIR=$OUTPUT/xd/train/$SOURCE/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
+DIR=$RUNS/xd/train/$SOURCE/shots_$SHOTS/$TRAINER/$(config_name "$CFG")/seed$SEED
 
 train "$DIR" "$SEED" "$DATASET_FILE" "$CFG_FILE" "$SHOTS" all \
     ${BOOST_OPTS[@]+"${BOOST_OPTS[@]}"} \
