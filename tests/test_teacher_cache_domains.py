@@ -214,3 +214,21 @@ def test_a_cache_made_with_another_crop_scale_serves_a_run_with_that_crop_scale(
     assert _distill(world, out, "--teacher-cache", str(cache)) == 2  # the recipe's 0.08-1 is not the cache's
     assert _distill(world, out, "--teacher-cache", str(cache), "--crop-scale", "0.5", "1.0") == 0
     assert BoostingArtifact.load(out).metadata["training"]["crop_scale"] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"folder": 5, "images": 1}, "must be"),
+    ({"folder": "../../etc", "images": 1}, "cannot name a cache folder"),
+    ("plain", "must be"),
+])
+def test_inspect_refuses_an_edited_domains_index(entry, message, cache, tmp_path, capsys):
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(cache, edited)
+    index = json.loads((edited / "domains.json").read_text())
+    index["domains"]["plain"] = entry
+    (edited / "domains.json").write_text(json.dumps(index))
+    capsys.readouterr()
+    assert caspl(["inspect", str(edited)]) == 2
+    assert message in capsys.readouterr().err

@@ -256,6 +256,10 @@ def read_domains_index(folder: str | os.PathLike) -> dict:
     index = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(index, dict) or index.get("format") != DOMAINS_FORMAT or not isinstance(index.get("domains"), dict):
         raise ValueError(f"{path} is not a multi-domain teacher-view cache index (expected format {DOMAINS_FORMAT!r})")
+    for name, entry in index["domains"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str) or not isinstance(entry.get("images"), int):
+            raise ValueError(f"{path}: domain {name!r} must be {{\"folder\": str, \"images\": int}}, got {entry!r}")
+        domain_cache_folders(folder, [entry["folder"]])  # a name that is a plain folder name, nothing else
     return index
 
 
