@@ -466,13 +466,9 @@ def test_config_builds_the_library_preset(dassl_cfg, name):
     assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR) == (train["warmup_epochs"], train["warmup_lr"])
 
 
-def test_scripts_end_to_end_on_tiny_clips(dassl_cfg, tmp_path):
-    """SLOW (two train.py processes on the tiny CLIPs, about 30 s of CPU): phase 1 with
-    scripts/caspl/boosting.sh, then CasPL_CoOp with base2new_train.sh reading its prompts."""
-    from helpers_dassl import make_dtd
-
-    data = make_dtd(tmp_path / "data", train_per_class=2, test_per_class=1)
-    output = tmp_path / "output"
+def script_runner(data: Path, output: Path):
+    """``script(name, *args, **env)``: run scripts/caspl/<name> on DATA/OUTPUT with this interpreter,
+    offline and on the CPU; asserts it succeeded and returns its stdout."""
     env = {**os.environ, "DATA": str(data), "OUTPUT": str(output), "PYTHON": sys.executable,
            "TRAIN_FLAGS": "--no-env-info", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
@@ -481,6 +477,18 @@ def test_scripts_end_to_end_on_tiny_clips(dassl_cfg, tmp_path):
                                 env={**env, **extra}, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
+
+    return script
+
+
+def test_scripts_end_to_end_on_tiny_clips(dassl_cfg, tmp_path):
+    """SLOW (two train.py processes on the tiny CLIPs, about 30 s of CPU): phase 1 with
+    scripts/caspl/boosting.sh, then CasPL_CoOp with base2new_train.sh reading its prompts."""
+    from helpers_dassl import make_dtd
+
+    data = make_dtd(tmp_path / "data", train_per_class=2, test_per_class=1)
+    output = tmp_path / "output"
+    script = script_runner(data, output)
 
     start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     script("boosting.sh", "dtd", CFG="configs/tiny/boostdistill.yaml")
@@ -520,14 +528,7 @@ def test_universal_scripts_end_to_end_on_tiny_clips(dassl_cfg, tmp_path):
     manifest.write_text(json.dumps({"domains": [{"name": "outline", "images": str(images), "class_names": "outline.txt",
                                                  "template": "a drawing of a {}."}]}))
     output = tmp_path / "output"
-    env = {**os.environ, "DATA": str(data), "OUTPUT": str(output), "PYTHON": sys.executable,
-           "TRAIN_FLAGS": "--no-env-info", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-
-    def script(name, *args, **extra):
-        result = subprocess.run([str(SCRIPTS / "caspl" / name), *args], capture_output=True, text=True,
-                                env={**env, **extra}, timeout=600)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
+    script = script_runner(data, output)
     script("boosting_universal.sh", "dtd-outline", "dtd", str(manifest), CFG="configs/tiny/boostdistill.yaml", SAMPLING="even")
     phase1 = output / "boosting" / "universal" / "dtd-outline" / "boostdistill" / "seed1"
     artifact = BoostingArtifact.load(phase1 / BOOSTING_FILE)
