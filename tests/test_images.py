@@ -131,3 +131,45 @@ def test_unlabeled_images_open_through_open_rgb(tmp_path):
     dataset = UnlabeledImages([path], lambda image: torch.from_numpy(np.asarray(image).copy()))
     image, name = dataset[0]
     assert name == str(path) and image.shape == (4, 4, 3) and int(image.max()) == 100
+
+
+def test_every_reader_of_training_images_opens_through_open_rgb(tmp_path):
+    """Labeled images, the teacher-view datasets (online and the precompute) and export preprocessing
+    see a 16-bit image as the probe and UnlabeledImages do: scaled to 8 bits, not clipped to white."""
+    from caspl_plugin.cache import AugmentationSettings, TeacherViewDataset
+    from caspl_plugin.cache.precompute import _compute_shard, cache_identity
+    from caspl_plugin.clip import create_clip
+    from caspl_plugin.data.labeled import LabeledImages
+    from caspl_plugin.data.splits import Record
+    from caspl_plugin.export.preprocess import eval_pixels
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((8, 8), 257 * 100, np.uint16)).save(path)
+    as_array = lambda image: torch.from_numpy(np.asarray(image).copy())  # noqa: E731
+    image, _, _ = LabeledImages([Record(str(path), 0, "grey")], as_array)[0]
+    assert int(image.max()) == 100
+
+    torch.manual_seed(0)
+    teacher = create_clip("caspl-tiny-teacher", "random")
+    class OnlineTeacher:  # identity "features": the teacher's rendered view itself
+        image_size, mean, std, text_features = 8, torch.zeros(3), torch.ones(3), torch.zeros(1)
+
+        def image_features(self, views):
+            return views.flatten(1)
+
+    dataset = TeacherViewDataset([path], tmp_path, image_size=8, mean=(0, 0, 0), std=(1, 1, 1), views=1, teacher=OnlineTeacher())
+    pixels, _, extras = dataset[0]
+    assert abs(float(pixels.max()) - 100 / 255) < 1e-3 and abs(float(extras["teacher_features"].max()) - 100 / 255) < 1e-3
+    identity = cache_identity(teacher, 1, 1, AugmentationSettings(scale=(1.0, 1.0), flip_probability=0.0))
+    identity["teacher"].update(image_size=8, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+
+    rendered = []
+
+    class Encoder:  # the precompute's teacher: records the views it is given
+        def encode_image(self, views):
+            rendered.append(views)
+            return views.flatten(1)
+
+    _compute_shard(type("Teacher", (), {"model": Encoder()})(), [path], ["grey16.png"], identity, 4, torch.device("cpu"), "fp32", torch.float32)
+    assert abs(float(rendered[0].max()) - 100 / 255) < 1e-3
+    assert abs(float(eval_pixels(Image.open(path), 8, (0, 0, 0), (1, 1, 1)).max()) - 100 / 255) < 1e-3

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 from torch.utils.data import Dataset
 
+from ..data.images import open_rgb
+
 from .store import TeacherViewCache, digest_files, file_key
 from .views import AugmentationSettings, ViewParams, render_view, sample_view
 
@@ -80,12 +82,9 @@ class TeacherViewDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path, key, k = self.files[index], self.keys[index], self.view
         try:
-            with Image.open(path) as raw:
-                image = raw.convert("RGB")
+            image = open_rgb(path)
         except Exception as error:  # counted and reported by the loop, never fatal
             logger.debug("Skipping unreadable image %s: %s", path, error)
             return None, str(path)

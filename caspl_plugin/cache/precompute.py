@@ -83,7 +83,7 @@ def _plan_shards(keys: Sequence[str], digests: dict, identity_hash: str, shard_s
 
 @torch.no_grad()
 def _compute_shard(teacher, paths: list[Path], keys: list[str], identity: dict, batch_size: int, device, precision: str, dtype: torch.dtype):
-    from PIL import Image
+    from ..data.images import open_rgb
 
     views, seed = identity["views"], identity["seed"]
     augmentation = AugmentationSettings.from_json(identity["augmentation"])
@@ -93,8 +93,7 @@ def _compute_shard(teacher, paths: list[Path], keys: list[str], identity: dict, 
     pixels, unreadable = [], []
     for row, (path, key) in enumerate(zip(paths, keys)):
         try:
-            with Image.open(path) as raw:
-                image = raw.convert("RGB")
+            image = open_rgb(path)
         except Exception as error:  # counted and reported, never fatal
             logger.warning("Skipping unreadable image %s: %s", path, error)
             unreadable.append(key)

@@ -35,7 +35,8 @@ from ..files import atomic_write
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "caspl-teacher-cache"
-FORMAT_VERSION = 1
+#: 2: images are read with data.images.open_rgb (16-bit scaled, alpha on white), as training reads them
+FORMAT_VERSION = 2
 INDEX_FILE = "index.json"
 SHARD_DIR = "shards"
 DOMAINS_FILE = "domains.json"

@@ -11,12 +11,15 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .images import open_rgb
 from .splits import Record
 
 logger = logging.getLogger(__name__)
 
 
 class LabeledImages(Dataset):
+    """Labeled records opened with :func:`~caspl_plugin.data.images.open_rgb` and transformed."""
+
     def __init__(self, records: Sequence[Record], transform: Callable):
         self.records, self.transform = list(records), transform
 
@@ -24,13 +27,10 @@ class LabeledImages(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         record = self.records[index]
         label = {"labels": torch.tensor(record.label, dtype=torch.long)}
         try:
-            with Image.open(record.impath) as image:
-                return self.transform(image.convert("RGB")), record.impath, label
+            return self.transform(open_rgb(record.impath)), record.impath, label
         except Exception as error:  # any unreadable file is skipped and reported, never fatal
             logger.debug("Skipping unreadable image %s: %s", record.impath, error)
             return None, record.impath, label

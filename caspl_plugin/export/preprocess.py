@@ -30,7 +30,9 @@ def eval_pixels(image, image_size: int, mean: Sequence[float], std: Sequence[flo
     """``[3, image_size, image_size]`` float32: resize (bicubic, shorter side), centre crop, normalise."""
     from PIL import Image
 
-    image = image.convert("RGB")
+    from ..data.images import to_rgb
+
+    image = to_rgb(image)
     new_size = resized_size(image.width, image.height, image_size)
     if new_size != image.size:
         image = image.resize(new_size, Image.BICUBIC)
