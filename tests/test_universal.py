@@ -140,6 +140,23 @@ def test_each_domain_kd_loss_uses_its_own_classes_and_template(tiny_student, tin
         distiller.loss(images, None, domain=torch.full((4,), 2))
 
 
+def test_switching_domains_tokenizes_each_class_set_once_and_encodes_each_text_once(tiny_student, tiny_teacher, monkeypatch):
+    encoded = []
+    encode_text = tiny_teacher.model.encode_text
+    monkeypatch.setattr(tiny_teacher.model, "encode_text", lambda tokens: encoded.append(len(tokens)) or encode_text(tokens))
+    distiller = build_distiller(tiny_student, tiny_teacher, None, None, BoostingConfig(2, 2, 2, 2),
+                                generator=torch.Generator().manual_seed(0), domains=[DOMAIN_A, DOMAIN_B])
+    assert encoded == [3, 4]  # the first domain's class features serve as the main class set too
+    assert distiller.teacher.class_set_features(0) is distiller.teacher.text_features
+    tokenized = []
+    text_inputs = distiller.student.clip.text_inputs
+    monkeypatch.setattr(distiller.student.clip, "text_inputs", lambda names, *a: tokenized.append(len(names)) or text_inputs(names, *a))
+    images = torch.randn(2, 3, 32, 32)
+    for index in (0, 1, 0, 1, 1, 0):
+        distiller.loss(images, None, domain=torch.full((2,), index))
+    assert tokenized == [3, 4]  # each class set's prompts once, however often the batches switch
+
+
 # ---- caspl distill with several domains --------------------------------------------------------
 
 def _distill_domains(out, domains, *extra):

@@ -93,10 +93,14 @@ class ZeroShotTeacher(nn.Module):
                 return F.normalize(model.encode_text(tokens).float(), dim=-1)
 
         self.register_buffer("text_features", encode(self.class_names, template), persistent=False)
-        # multi-domain phase 1: every domain's class features, computed now (the text tower is not kept)
+        # multi-domain phase 1: every domain's class features, computed now (the text tower is not
+        # kept); a class set equal to the main one (the first domain's) shares its features
         self.num_class_sets = len(class_sets)
         for i, class_set in enumerate(class_sets):
-            self.register_buffer(f"class_set_features_{i}", encode(class_set.class_names, class_set.template), persistent=False)
+            names = tuple(str(n).replace("_", " ") for n in class_set.class_names)
+            same = names == self.class_names and class_set.template == template
+            self.register_buffer(f"class_set_features_{i}", self.text_features if same else encode(names, class_set.template),
+                                 persistent=False)
         self.register_buffer("log_logit_scale", model.logit_scale.detach().float().clone().reshape(()), persistent=False)
         self.visual: Optional[nn.Module] = None
         if image_tower:

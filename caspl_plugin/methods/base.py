@@ -49,7 +49,7 @@ class PromptModel(nn.Module):
             boosting.set_learnable(learnable_boosting)
         self.boosting = boosting
         self._class_names: tuple[str, ...] = ()
-        self._text_inputs: Optional[TextInputs] = None
+        self._text_inputs: dict[tuple[str, ...], TextInputs] = {}  # per class set, for the current layout
         self._feature_cache: Optional[tuple[tuple, Tensor]] = None
         self.set_class_names(class_names)
 
@@ -59,7 +59,8 @@ class PromptModel(nn.Module):
         return self._class_names
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
-        """Switch the class set (e.g. base -> novel); class prompts are rebuilt lazily."""
+        """Switch the class set (e.g. base -> novel, or the batch's domain in multi-domain phase 1);
+        each class set's tokenized prompts are built once and kept until the prompt layout changes."""
         names = tuple(str(n).replace("_", " ") for n in class_names)
         if not names:
             raise ValueError("class_names is empty")
@@ -67,7 +68,10 @@ class PromptModel(nn.Module):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"Duplicate class names: {dupes}")
         self._class_names = names
-        self.prompts_changed()
+        self.class_set_changed()
+
+    def class_set_changed(self) -> None:
+        """Hook: :meth:`set_class_names` switched the class set."""
 
     def own_groups(self) -> list[PromptGroup]:
         """The method's own (adapting) prompt groups; none for zero-shot CLIP."""
@@ -86,9 +90,11 @@ class PromptModel(nn.Module):
         return [Slot(g.name, g.role, g.spec.n_text) for g in self.groups() if g.spec.n_text]
 
     def text_inputs(self) -> TextInputs:
-        if self._text_inputs is None or self._text_inputs.token_ids.device != self.clip.device:
-            self._text_inputs = self.clip.text_inputs(self.class_names, self.text_slots(), self.template, self.class_position)
-        return self._text_inputs
+        inputs = self._text_inputs.get(self._class_names)
+        if inputs is None or inputs.token_ids.device != self.clip.device:
+            inputs = self.clip.text_inputs(self.class_names, self.text_slots(), self.template, self.class_position)
+            self._text_inputs[self._class_names] = inputs
+        return inputs
 
     # ---- features -------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> Tensor:
@@ -136,8 +142,8 @@ class PromptModel(nn.Module):
         self.prompts_changed()
 
     def prompts_changed(self) -> None:
-        """Forget everything derived from the prompt layout (class prompts, cached features)."""
-        self._text_inputs = None
+        """Forget everything derived from the prompt layout (every class set's tokenized prompts)."""
+        self._text_inputs = {}
         self._feature_cache = None
 
     def on_epoch_end(self, epoch: int, max_epoch: int) -> None:

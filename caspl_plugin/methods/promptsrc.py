@@ -219,6 +219,13 @@ class PromptSRC(IVLP):
 
     def prompts_changed(self) -> None:
         super().prompts_changed()
+        self._anchor_changed()
+
+    def class_set_changed(self) -> None:
+        super().class_set_changed()
+        self._anchor_changed()
+
+    def _anchor_changed(self) -> None:
         if self.training and hasattr(self, "_fixed_text_cache"):  # built, and the class set / boosting changed mid-training
             self.prepare_anchor()
 
