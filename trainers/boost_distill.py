@@ -118,30 +118,23 @@ class BoostDistill(TrainerX):
         return tower
 
     def _use_train_views(self, dataset) -> None:
-        """Train on ``dataset`` (items of the engine's data protocol) instead of Dassl's loader; a
-        dataset with a batch plan (several domains) gets the engine's plan, one domain per batch."""
+        """Train on ``dataset`` (items of the engine's data protocol) instead of Dassl's loader, in the
+        engine's batch order (its seeded plan: one domain per batch with several domains), as
+        ``caspl distill`` does."""
         from torch.utils.data import DataLoader
 
         from caspl_plugin.engine import PlannedBatchSampler, collate_items
 
         cfg = self.cfg
-        batch_size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
 
         def collate(samples):
             batch = collate_items(samples)
             return {"img": batch.images, "impath": batch.paths, "skipped": batch.skipped, **batch.extras}
 
         self.train_views = dataset
-        if hasattr(dataset, "batches"):
-            self.batch_sampler = PlannedBatchSampler(dataset, batch_size, cfg.SEED if cfg.SEED >= 0 else 0)
-            self.train_loader_x = DataLoader(dataset, batch_sampler=self.batch_sampler,
-                                             num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate)
-        else:
-            self.batch_sampler = None
-            self.train_loader_x = DataLoader(
-                dataset, batch_size=batch_size, shuffle=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                drop_last=len(dataset) >= batch_size, collate_fn=collate,
-            )
+        self.batch_sampler = PlannedBatchSampler(dataset, cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.SEED if cfg.SEED >= 0 else 0)
+        self.train_loader_x = DataLoader(dataset, batch_sampler=self.batch_sampler,
+                                         num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate)
 
     @property
     def cached_views(self):
@@ -152,7 +145,7 @@ class BoostDistill(TrainerX):
 
     def before_epoch(self):
         super().before_epoch()
-        if getattr(self, "batch_sampler", None) is not None:
+        if self.train_views is not None:
             self.batch_sampler.set_epoch(self.epoch)
         if hasattr(self.train_views, "set_epoch"):
             self.train_views.set_epoch(self.epoch)  # a cache's epoch e uses view e mod K

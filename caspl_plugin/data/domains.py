@@ -266,10 +266,6 @@ class MultiDomainImages(Dataset):
         for d in self.domains:
             self.offsets.append(self.offsets[-1] + len(d.files))
 
-    @property
-    def class_sets(self) -> list[DomainClassSet]:
-        return [d.classes for d in self.domains]
-
     def __len__(self) -> int:
         return self.offsets[-1]
 
