@@ -15,7 +15,6 @@ Both runtimes get the same number of threads (torch.get_num_threads()). Prints n
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
@@ -64,8 +63,8 @@ def train_caspl_promptsrc(settings):
     """The demo recipe for one seed: boosting prompts distilled from the toy teacher, then PromptSRC
     cascaded on the base shots. Returns (model over all classes, student, teacher)."""
     from caspl_plugin.clip import create_clip
-    from caspl_plugin.demo import _normalise, distill_toy_boosting
-    from caspl_plugin.engine import fit
+    from caspl_plugin.data.domains import DomainClassSet
+    from caspl_plugin.demo import TEMPLATE, _normalise, adapt_toy_method, distill_toy_boosting
     from caspl_plugin.methods import get_method
     from caspl_plugin.prompts import PromptedCLIP
     from caspl_plugin.toy import domain
@@ -73,7 +72,9 @@ def train_caspl_promptsrc(settings):
     torch.manual_seed(0)
     student, teacher = create_clip("toy-student"), create_clip("toy-teacher")
     names, base_labels = domain.class_names(), domain.base_labels()
-    boosting = distill_toy_boosting(student, teacher, settings).student.boosting
+    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
+    toy = DomainClassSet("toy-shapes", tuple(names), TEMPLATE)
+    boosting = distill_toy_boosting(student, teacher, [(toy, unlabeled)], settings).student.boosting
 
     seed = settings.seeds[0]
     shots = domain.generate(labels=[l for l in base_labels for _ in range(settings.shots)], seed=seed)
@@ -83,10 +84,7 @@ def train_caspl_promptsrc(settings):
         PromptedCLIP(student), [names[l] for l in base_labels], boosting=boosting,
         n_ctx_text=4, n_ctx_vision=4, depth_text=4, depth_vision=4,
         gpa_mean=settings.method_epochs * 0.75, gpa_std=max(settings.method_epochs / 8, 1.0))
-    optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
-    schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
-    fit(model, _normalise(shots.images, student), shot_labels, optimizer, epochs=settings.method_epochs,
-        batch_size=settings.method_batch, lr_at=schedule, seed=seed)
+    adapt_toy_method(model, _normalise(shots.images, student), shot_labels, settings, seed)
     model.set_class_names(names)  # logits per class do not depend on the others: one graph for base and novel
     return model.eval(), student, teacher
 

@@ -5,7 +5,7 @@
 2. Zero-shot: the shipped ``toy-teacher`` and the weaker ``toy-student`` (pre-trained on base classes
    only) with the template "a photo of a {}.".
 3. Boosting phase: boosting prompts for the student distilled from the teacher on the unlabeled
-   images (teacher logits computed once: the images are fixed).
+   images (the teacher's image features computed once: the images are fixed).
 4. Adapting phase: CoOp and PromptSRC on the base shots, each with and without the frozen boosting
    prompts, for every seed; base accuracy on base classes, novel accuracy on novel classes, HM.
 
@@ -27,6 +27,7 @@ import torch
 
 from .boosting import BoostingConfig, build_distiller
 from .clip import create_clip
+from .data.domains import DomainClassSet
 from .engine import fit
 from .files import atomic_write
 from .methods import ZeroShotCLIP, get_method
@@ -110,21 +111,50 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
 
 
-def distill_toy_boosting(student, teacher, settings: "DemoSettings", progress: bool = False):
-    """The demo's boosting phase: unlabeled toy images of all classes, the teacher's logits computed
-    once (the images are fixed), AdamW; returns the distiller with its boosting group frozen."""
-    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
+def distill_toy_boosting(student, teacher, domains: Sequence[tuple], settings: "DemoSettings", *, seed: int = 0,
+                         sampling: str = "size", progress: bool = False):
+    """The demos' boosting phase on in-memory toy images: ``domains`` = ``(DomainClassSet,
+    normalised images)`` pairs (one for per-domain boosting, several for universal prompts).
+
+    The engine's :func:`~caspl_plugin.engine.fit` with the batch plan of ``caspl distill --domain``
+    (one domain per batch, :func:`~caspl_plugin.data.domains.plan_batches`), the teacher's image
+    features computed once (the images are fixed; each batch's logits use its domain's class set),
+    AdamW for ``settings.boost_steps`` steps. Returns the distiller, its boosting group frozen.
+    """
+    import math
+
+    from .data.domains import plan_batches
+
     config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
-    distiller = build_distiller(student, teacher, domain.class_names(), TEMPLATE, config,
-                                generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        teacher_logits = torch.cat([distiller.teacher_logits(chunk) for chunk in unlabeled.split(512)])
+    distiller = build_distiller(student, teacher, None, None, config, generator=torch.Generator().manual_seed(seed),
+                                domains=[classes for classes, _ in domains])
+    sizes = [len(images) for _, images in domains]
+    offsets = [sum(sizes[:d]) for d in range(len(sizes))]
+    images = torch.cat([images for _, images in domains])
+    features = torch.cat([distiller.teacher_features(chunk) for chunk in images.split(512)])
+    domain_of = torch.cat([torch.full((size,), d, dtype=torch.long) for d, size in enumerate(sizes)])
+
+    def plan(epoch: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+        batches = plan_batches(sizes, batch_size, generator, drop_last=True, sampling=sampling)
+        return [[offsets[d] + i for i in index] for d, index in batches]
+
+    per_epoch = len(plan(0, settings.boost_batch, torch.Generator()))  # the plan's length does not depend on the draw
     optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
-    epochs = max(1, round(settings.boost_steps * settings.boost_batch / len(unlabeled)))
-    fit(distiller, unlabeled, None, optimizer, epochs=epochs, batch_size=settings.boost_batch, seed=0,
-        progress="boosting" if progress else None, teacher_logits=teacher_logits)
+    fit(distiller, images, None, optimizer, epochs=math.ceil(settings.boost_steps / per_epoch),
+        batch_size=settings.boost_batch, seed=seed, plan=plan, max_steps=settings.boost_steps,
+        progress=f"boosting ({'+'.join(c.name for c, _ in domains)})" if progress else None,
+        teacher_features=features, domain=domain_of)
     distiller.student.boosting.set_learnable(False)
     return distiller
+
+
+def adapt_toy_method(model, images: torch.Tensor, labels: torch.Tensor, settings: "DemoSettings", seed: int):
+    """The demos' adapting phase: AdamW and a per-epoch cosine lr on in-memory shots; returns ``model``."""
+    optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
+    schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
+    fit(model, images, labels, optimizer, epochs=settings.method_epochs, batch_size=settings.method_batch,
+        lr_at=schedule, seed=seed)
+    return model
 
 
 def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> DemoResult:
@@ -148,9 +178,11 @@ def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> 
         model = ZeroShotCLIP(PromptedCLIP(backbone), names, template=TEMPLATE)
         result.add(label, *_evaluate(model, base_test, novel_test))
 
-    # boosting phase: unlabeled images of all classes, teacher logits computed once
+    # boosting phase: unlabeled images of all classes, teacher features computed once
     step_started = time.perf_counter()
-    distiller = distill_toy_boosting(student, teacher, settings, progress)
+    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
+    distiller = distill_toy_boosting(student, teacher, [(DomainClassSet("toy-shapes", tuple(names), TEMPLATE), unlabeled)],
+                                     settings, progress=progress)
     boosting = distiller.student.boosting
     result.add("Student + boosting", *_evaluate(distiller.student, base_test, novel_test))
     result.seconds["boosting"] = time.perf_counter() - step_started
@@ -174,10 +206,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> 
         shot_labels = torch.tensor([base_labels.index(int(l)) for l in shots.labels])
         torch.manual_seed(seed)
         model = get_method(method)(clip, base_names, boosting=boosting if boosted else None, **kwargs)
-        optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
-        schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
-        fit(model, shot_images, shot_labels, optimizer, epochs=settings.method_epochs,
-            batch_size=settings.method_batch, lr_at=schedule, seed=seed)
+        adapt_toy_method(model, shot_images, shot_labels, settings, seed)
         result.add(("CasPL_" if boosted else "") + label, *_evaluate(model, base_test, novel_test))
     result.seconds["adapting"] = time.perf_counter() - step_started
     result.seconds["total"] = time.perf_counter() - started

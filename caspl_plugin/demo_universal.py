@@ -14,7 +14,6 @@ Every number is measured by the run; results go to ``--out`` as Markdown, CSV an
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,23 @@ from typing import Sequence
 
 import torch
 
-from .boosting import BoostingConfig, boosting_student, build_distiller
+from .boosting import boosting_student
 from .clip import create_clip
-from .data.domains import DomainClassSet, plan_batches
-from .demo import DemoResult, _evaluate, _normalise, _Split, chart, csv_text, markdown_table, seed_caption, table_rows
-from .engine import fit
+from .data.domains import DomainClassSet
+from .demo import (
+    DemoResult,
+    DemoSettings,
+    _evaluate,
+    _normalise,
+    _Split,
+    adapt_toy_method,
+    chart,
+    csv_text,
+    distill_toy_boosting,
+    markdown_table,
+    seed_caption,
+    table_rows,
+)
 from .files import atomic_write
 from .methods import ZeroShotCLIP, get_method
 from .prompts import PromptedCLIP
@@ -36,24 +47,19 @@ COOP_INIT = "a photo of a"
 
 
 @dataclass
-class UniversalSettings:
-    """The universal demo's recipe; ``quick()`` is a smaller version for smoke tests."""
+class UniversalSettings(DemoSettings):
+    """The universal demo's recipe (the demo's, on fewer images per domain); ``quick()`` is a
+    smaller version for smoke tests."""
 
-    seeds: Sequence[int] = (1, 2, 3)
     seen: Sequence[str] = ("plain", "textured", "outline", "small")
     held_out: str = "pastel"
     sampling: str = "even"
     unlabeled_per_class: int = 12
     test_per_class: int = 15
     shots: int = 8
-    boost_tokens: int = 4
-    boost_depth: int = 4
     boost_steps: int = 120
     boost_batch: int = 96
-    boost_lr: float = 5e-3
     method_epochs: int = 8
-    method_batch: int = 32
-    method_lr: float = 2e-3
 
     def __post_init__(self):
         unknown = [v for v in (*self.seen, self.held_out) if v not in domain.VARIANTS]
@@ -77,36 +83,6 @@ class UniversalResult:
 
 def _class_set(variant: str) -> DomainClassSet:
     return DomainClassSet(variant, tuple(domain.class_names()), domain.VARIANT_TEMPLATES[variant])
-
-
-def train_boosting(student, teacher, domains: Sequence[tuple[DomainClassSet, torch.Tensor]], settings: UniversalSettings,
-                   progress: bool = False, seed: int = 0):
-    """A frozen boosting group distilled on one or several in-memory domains: the engine's
-    :func:`~caspl_plugin.engine.fit` with the batch plan of ``caspl distill --domain`` (one domain
-    per batch, :func:`~caspl_plugin.data.domains.plan_batches`) and the teacher's image features
-    computed once (the images are fixed; each batch's logits use its domain's class set)."""
-    config = BoostingConfig(settings.boost_tokens, settings.boost_tokens, settings.boost_depth, settings.boost_depth, ctx_init="")
-    distiller = build_distiller(student, teacher, None, None, config, generator=torch.Generator().manual_seed(seed),
-                                domains=[classes for classes, _ in domains])
-    sizes = [len(images) for _, images in domains]
-    offsets = [sum(sizes[:d]) for d in range(len(sizes))]
-    images = torch.cat([images for _, images in domains])
-    features = torch.cat([distiller.teacher_features(chunk) for chunk in images.split(512)])
-    domain_of = torch.cat([torch.full((size,), d, dtype=torch.long) for d, size in enumerate(sizes)])
-
-    def plan(epoch: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-        batches = plan_batches(sizes, batch_size, generator, drop_last=True, sampling=settings.sampling)
-        return [[offsets[d] + i for i in index] for d, index in batches]
-
-    per_epoch = len(plan(0, settings.boost_batch, torch.Generator()))  # the plan's length does not depend on the draw
-    optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
-    fit(distiller, images, None, optimizer, epochs=math.ceil(settings.boost_steps / per_epoch),
-        batch_size=settings.boost_batch, seed=seed, plan=plan, max_steps=settings.boost_steps,
-        progress=f"boosting ({'+'.join(c.name for c, _ in domains)})" if progress else None,
-        teacher_features=features, domain=domain_of)
-    group = distiller.student.boosting
-    group.set_learnable(False)
-    return group
 
 
 def _test_splits(variant: str, per_class: int, backbone) -> tuple[_Split, _Split]:
@@ -151,8 +127,12 @@ def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progre
     rows = result.held_out
     for first, seed in zip([True] + [False] * len(settings.seeds), settings.seeds):
         # phase 1 per seed (prompt initialisation and batch order): the boosting rows have a spread too
-        universal = timed("universal boosting", lambda: train_boosting(student, teacher, seen_data, settings, progress, seed))
-        per_domain = timed("per-domain boosting", lambda: train_boosting(student, teacher, held_data, settings, progress, seed))
+        def boosting(domains):
+            return distill_toy_boosting(student, teacher, domains, settings, seed=seed, sampling=settings.sampling,
+                                        progress=progress).student.boosting
+
+        universal = timed("universal boosting", lambda: boosting(seen_data))
+        per_domain = timed("per-domain boosting", lambda: boosting(held_data))
         if first:  # deterministic: one run
             rows.add("Teacher, zero-shot", *zero_shot(teacher, held))
             rows.add("Student, zero-shot", *zero_shot(student, held))
@@ -169,11 +149,7 @@ def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progre
         for label, group in tqdm(variants, desc=f"adapting (seed {seed})", disable=not progress, leave=False):
             torch.manual_seed(seed)
             model = get_method("coop")(clip, base_names, boosting=group, ctx_init=COOP_INIT)
-            optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
-            schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
-            timed("adapting", lambda: fit(model, _normalise(shots.images, student), shot_labels, optimizer,
-                                          epochs=settings.method_epochs, batch_size=settings.method_batch,
-                                          lr_at=schedule, seed=seed))
+            timed("adapting", lambda: adapt_toy_method(model, _normalise(shots.images, student), shot_labels, settings, seed))
             rows.add(label, *_evaluate(model, *tests[held]))
     result.seconds["total"] = time.perf_counter() - started
     return result

@@ -120,9 +120,9 @@ def _to_onnx(module: DeployedClassifier, example: Tensor, opset: Optional[int]):
 def _quantize_int8(proto):
     """onnxruntime dynamic quantisation: 8-bit weights of MatMul/Gemm, activations quantised at run time.
 
-    Weights are unsigned 8-bit (onnxruntime's U8U8 kernels): on the toy domain's CasPL_PromptSRC
-    classifier that kept 99.2 % top-1 agreement with fp32, against 98.3 % with signed weights and
-    93.3 % with per-channel signed weights. The graph's last two products, the image projection and
+    Weights are unsigned 8-bit (onnxruntime's U8U8 kernels): when this was chosen, on the toy domain's
+    CasPL_PromptSRC classifier of the time, that kept 99.2 % top-1 agreement with fp32, against 98.3 %
+    with signed weights and 93.3 % with per-channel signed weights (today's: 99.4 %, benchmarks/bench_export.py). The graph's last two products, the image projection and
     the product with the class features, stay fp32: they are a tiny share of the work, and quantising
     them moves the cosines enough to flip close top-1 decisions (96 % agreement with them).
     """
