@@ -125,7 +125,8 @@ def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progre
     base_labels = domain.base_labels()
     base_names = [names[l] for l in base_labels]
     rows = result.held_out
-    for first, seed in zip([True] + [False] * len(settings.seeds), settings.seeds):
+    for index, seed in enumerate(settings.seeds):
+        first = index == 0
         # phase 1 per seed (prompt initialisation and batch order): the boosting rows have a spread too
         def boosting(domains):
             return distill_toy_boosting(student, teacher, domains, settings, seed=seed, sampling=settings.sampling,

@@ -17,7 +17,6 @@ Few-shot sampling follows CoOp's protocol (same picks as Dassl for the same ``--
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import random
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from . import CommandError
 from .distill import BATCH_HELP, add_loop_arguments, check_tensorboard, run_distributed, say
+from .runguard import guarded_run
 
 logger = logging.getLogger(__name__)
 
@@ -196,29 +196,6 @@ def _load_state(model, tensors: dict, metadata: dict, epochs: int) -> None:
                                    "recorded": metadata["gpa_recorded"]})
 
 
-def _checkpoint_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".ckpt.safetensors")
-
-
-@contextlib.contextmanager
-def _run_guard(output: Path):
-    """Preflight, the output lock and stale temp files of the run guard, rank 0 only."""
-    from caspl_plugin import distributed
-    from caspl_plugin.cli import runguard
-
-    if not distributed.is_main():
-        yield
-        return
-    checkpoint = _checkpoint_path(output)
-    runguard.preflight_output(output, suffix=".safetensors", what="--output")
-    runguard.preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
-    with runguard.output_lock(output, command="adapt"):
-        removed = runguard.remove_stale_temps(output) + runguard.remove_stale_temps(checkpoint)
-        if removed:
-            logger.info("removed %d temporary file(s) left by an interrupted run", removed)
-        yield
-
-
 def _run(args, device) -> int:
     import torch
 
@@ -257,7 +234,7 @@ def _run(args, device) -> int:
     train, test, novel_test = _load_data(args)
     names = class_names_of(train)
 
-    with _run_guard(output):
+    with guarded_run(output, command="adapt") as checkpoint:
         torch.manual_seed(args.seed)
         student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
         try:
@@ -276,7 +253,6 @@ def _run(args, device) -> int:
                     "batch_size": batch_size, "lr": lr, "seed": args.seed, "shots": args.shots,
                     "world_size": distributed.world_size(),
                     "boosting": getattr(model.boosting, "artifact_sha256", None) if model.boosting is not None else None}
-        checkpoint = _checkpoint_path(output)
         start_epoch, report = 0, LoopReport()
         if args.resume and checkpoint.is_file():
             try:

@@ -14,7 +14,6 @@ Multi-GPU: ``torchrun --nproc-per-node N -m caspl_plugin.cli distill ...`` train
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -178,9 +177,7 @@ def run(args) -> int:
 
 
 def _run(args, device) -> int:
-    from caspl_plugin import distributed
-
-    from .runguard import output_lock, preflight_output, remove_stale_temps
+    from .runguard import guarded_run
 
     if args.demo:
         args.output = args.output or str(Path(args.out) / "boosting.safetensors")
@@ -192,21 +189,12 @@ def _run(args, device) -> int:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise CommandError(f"--output must end in .safetensors, got {output}")
-    checkpoint = output.with_name(output.stem + ".ckpt.safetensors")
     # validate every input before anything is built or written (--demo: once its data is written)
     inputs = None if args.demo else _validate_inputs(args)
-    preflight_output(output, suffix=".safetensors", what="--output")
-    preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
-    # rank 0 owns the outputs: it takes the lock and cleans up; the other processes only train
-    lock = output_lock(output, command="distill") if distributed.is_main() else contextlib.nullcontext()
-    with lock:
+    with guarded_run(output, command="distill") as checkpoint:  # rank 0 owns the outputs
         if args.demo:
             _prepare_demo(args)
             inputs = _validate_inputs(args)
-        if distributed.is_main():
-            removed = remove_stale_temps(output) + remove_stale_temps(checkpoint)
-            if removed:
-                logger.info("removed %d temporary file(s) left by an interrupted run", removed)
         return _distill(args, device, output, checkpoint, *inputs)
 
 

@@ -1,6 +1,7 @@
 """Guards for CLI commands that train and write files (``distill``, ``adapt``, ``teacher-cache``, ...).
 
-A training command calls, in this order, before it builds any model::
+A training command (``distill``, ``adapt``) wraps everything after its input checks in
+:func:`guarded_run`, which does, on rank 0, in this order::
 
     preflight_output(output, suffix=".safetensors", what="--output")
     preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
@@ -128,6 +129,34 @@ def output_lock(path: PathLike, *, command: Optional[str] = None) -> Iterator[Pa
         with contextlib.suppress(OSError):
             owner_file.unlink()
         lock.release()
+
+
+def checkpoint_path(output: PathLike) -> Path:
+    """Where a training command keeps the checkpoint of ``output``: ``<stem>.ckpt.safetensors`` beside it."""
+    output = Path(output)
+    return output.with_name(output.stem + ".ckpt.safetensors")
+
+
+@contextlib.contextmanager
+def guarded_run(output: PathLike, *, command: str) -> Iterator[Path]:
+    """The guard of a training run writing ``output`` and its checkpoint (yielded): on rank 0 both are
+    preflighted, ``output`` is locked and stale temp files of both are removed; the other processes
+    of a torchrun job only train."""
+    import logging
+
+    from caspl_plugin import distributed
+
+    checkpoint = checkpoint_path(output)
+    if not distributed.is_main():
+        yield checkpoint
+        return
+    preflight_output(output, suffix=".safetensors", what="--output")
+    preflight_output(checkpoint, suffix=".safetensors", what="checkpoint")
+    with output_lock(output, command=command):
+        removed = remove_stale_temps(output) + remove_stale_temps(checkpoint)
+        if removed:
+            logging.getLogger(__name__).info("removed %d temporary file(s) left by an interrupted run", removed)
+        yield checkpoint
 
 
 def describe_os_error(error: OSError) -> str:
