@@ -141,9 +141,11 @@ def test_each_domain_kd_loss_uses_its_own_classes_and_template(tiny_student, tin
 
 
 def test_switching_domains_tokenizes_each_class_set_once_and_encodes_each_text_once(tiny_student, tiny_teacher, monkeypatch):
+    import caspl_plugin.boosting.model as boosting_model
+
     encoded = []
-    encode_text = tiny_teacher.model.encode_text
-    monkeypatch.setattr(tiny_teacher.model, "encode_text", lambda tokens: encoded.append(len(tokens)) or encode_text(tokens))
+    encode = boosting_model.encode_token_ids  # the teacher's class texts go through it
+    monkeypatch.setattr(boosting_model, "encode_token_ids", lambda model, tokens: encoded.append(len(tokens)) or encode(model, tokens))
     distiller = build_distiller(tiny_student, tiny_teacher, None, None, BoostingConfig(2, 2, 2, 2),
                                 generator=torch.Generator().manual_seed(0), domains=[DOMAIN_A, DOMAIN_B])
     assert encoded == [3, 4]  # the first domain's class features serve as the main class set too
