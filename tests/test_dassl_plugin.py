@@ -294,3 +294,15 @@ def test_plugin_nodes_survive_clean_cfg_and_lost_nodes_are_named(data_root, tmp_
     lost.freeze()
     with pytest.raises(KeyError, match=r"no TRAINER\.CASPL: it was removed .*clean_cfg.*caspl_plugin\.enable\(\).*extend_cfg"):
         build_trainer(lost)
+
+
+def test_text_chunk_reaches_the_student_and_bad_values_are_refused(data_root, tmp_path):
+    from dassl.engine import build_trainer
+
+    for name in ("IVLP", "BoostDistill"):
+        trainer = build_trainer(tiny_cfg(data_root, tmp_path / name, name, "MODEL.BACKBONE.TEXT_CHUNK", 2))
+        assert trainer.model.clip.text_chunk == 2
+    trainer = build_trainer(tiny_cfg(data_root, tmp_path / "default", "CoOp"))
+    assert trainer.model.clip.text_chunk is None
+    with pytest.raises(ValueError, match="TEXT_CHUNK"):
+        build_trainer(tiny_cfg(data_root, tmp_path / "bad", "CoOp", "MODEL.BACKBONE.TEXT_CHUNK", -1))

@@ -86,6 +86,21 @@ def load_backbone(cfg, name: str = "", weights: str = ""):
     )
 
 
+def prompted_clip(cfg, backbone) -> PromptedCLIP:
+    """The student's prompted CLIP with ``MODEL.BACKBONE.TEXT_CHUNK`` applied."""
+    clip = PromptedCLIP(backbone)
+    clip.text_chunk = text_chunk_of(cfg)
+    return clip
+
+
+def text_chunk_of(cfg):
+    """``MODEL.BACKBONE.TEXT_CHUNK`` as rows per text-tower pass (None: all classes in one pass)."""
+    rows = cfg.MODEL.BACKBONE.get("TEXT_CHUNK", 0)
+    if not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"MODEL.BACKBONE.TEXT_CHUNK must be an int >= 0 (0: all classes in one pass), got {rows!r}")
+    return rows or None
+
+
 def precision_of(node) -> str:
     """``PREC`` of a trainer node in the package's vocabulary (:data:`caspl_plugin.engine.PRECISIONS`).
 
@@ -109,6 +124,7 @@ class PromptTrainer(TrainerX):
 
     def check_cfg(self, cfg):
         precision_of(self.method_cfg(cfg))
+        text_chunk_of(cfg)
 
     @classmethod
     def method_cfg(cls, cfg):
@@ -122,7 +138,7 @@ class PromptTrainer(TrainerX):
         cfg = self.cfg
         self.precision = precision_of(self.method_cfg(cfg))
         backbone = load_backbone(cfg)
-        self.clip = PromptedCLIP(backbone)
+        self.clip = prompted_clip(cfg, backbone)
         classnames = self.dm.dataset.classnames
         model: PromptModel = get_method(self.method)(self.clip, classnames, **self.model_kwargs(cfg))
         self.model = model.to(self.device)

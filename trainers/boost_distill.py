@@ -28,7 +28,7 @@ from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distill
 from caspl_plugin.engine import autocast
 from caspl_plugin.plugin.config import BOOSTING_FILE
 
-from .base import LearnableView, load_backbone, precision_of
+from .base import LearnableView, load_backbone, precision_of, text_chunk_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class BoostDistill(TrainerX):
     def check_cfg(self, cfg):
         node = cfg.TRAINER.BOOSTDISTILL
         precision_of(node)
+        text_chunk_of(cfg)
         if node.TEACHER_SCALE not in ("own", "student"):
             raise ValueError(f"TRAINER.BOOSTDISTILL.TEACHER_SCALE must be 'own' or 'student', got {node.TEACHER_SCALE!r}")
         if node.DOMAIN_SAMPLING not in ("size", "even"):
@@ -80,6 +81,7 @@ class BoostDistill(TrainerX):
             generator=torch.Generator().manual_seed(cfg.SEED) if cfg.SEED >= 0 else None,
         ).to(self.device)
         self.model = self.distiller.student
+        self.model.clip.text_chunk = text_chunk_of(cfg)
         learnable = LearnableView(self.model)
         spec = self.model.boosting.spec
         if self.domains:

@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 
 from . import CommandError
-from .distill import BATCH_HELP, add_loop_arguments, check_tensorboard, run_distributed, say
+from .distill import BATCH_HELP, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say
 from .runguard import guarded_run
 
 logger = logging.getLogger(__name__)
@@ -243,6 +243,7 @@ def _run(args, device) -> int:
             raise CommandError(f"--boosting {args.boosting}: {error}") from None
         except TypeError as error:
             raise CommandError(f"method {cls.method!r} does not take these settings {model_settings}: {error}") from None
+        apply_text_chunk(model.clip, args.text_chunk)
         label = ("CasPL_" if model.boosting is not None else "") + cls.method
         say(f"{label} ({preset.name if preset else 'defaults'}) on {student.name}: {len(names)} classes, "
             f"{len(train)} training images, {epochs} epochs, batch {batch_size} x {distributed.world_size()} "
