@@ -494,3 +494,23 @@ def test_cross_dataset_chart_writes_the_bars_of_the_table(tmp_path):
         assert round(centres[keys.index(key)], 9) not in spread["PromptSRC"]
     assert len(spread["PromptSRC"]) == len(XD) and len(spread["CoOp"]) == 1
 
+
+def test_demo_chart_draws_its_table_and_no_caps_on_single_runs(tmp_path, monkeypatch):
+    import caspl_plugin.report.charts as charts
+    from caspl_plugin.demo import DemoResult, chart, harmonic_mean, table_rows
+
+    result = DemoResult()
+    for base, novel in ((80.0, 60.0), (84.0, 70.0)):
+        result.add("CoOp", base, novel)
+    result.add("Student, zero-shot", 70.0, 50.0)
+    figures, save_png = [], charts.save_png
+    monkeypatch.setattr(charts, "save_png", lambda figure, path: figures.append(figure) or save_png(figure, path))
+    path = chart(table_rows(result), tmp_path / "c.png", "title", "seeds 1, 2")
+    assert path.read_bytes()[:8] == PNG
+    axes = figures[0].axes[0]
+    drawn, spread = bars(axes), error_bars(axes)
+    assert drawn["Base"][1] == [82.0, 70.0] and drawn["Novel"][1] == [65.0, 50.0]
+    assert drawn["HM"][1] == pytest.approx([harmonic_mean(82.0, 65.0), harmonic_mean(70.0, 50.0)])
+    # CoOp ran twice: ± the population std of its seeds; the zero-shot row ran once: no bar, no caps
+    assert spread == {"Base": {round(drawn["Base"][0][0], 9): pytest.approx(2.0)},
+                      "Novel": {round(drawn["Novel"][0][0], 9): pytest.approx(5.0)}}
