@@ -293,30 +293,18 @@ def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict
 
 
 def chart(rows: list[dict], path: Path, title: str, seeds: str) -> Path:
-    """Grouped bars (base, novel, HM) per model with ± std over seeds as error bars; PNG via atomic_write."""
-    import matplotlib
+    """Grouped bars (base, novel, HM) per model in the report's chart style
+    (:func:`caspl_plugin.report.charts.base_novel_hm_figure`): ± std over seeds on base and novel
+    where a row ran more than once, none on rows run once (zero-shot); HM of the seed means, as the
+    table. PNG via atomic_write."""
+    from .report.charts import METRIC_LABELS, Series, base_novel_hm_figure, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def series(key: str) -> Series:
+        return Series(METRIC_LABELS[key], [r[f"{key}_mean"] for r in rows], [r[f"{key}_std"] for r in rows],
+                      [r["runs"] for r in rows])
 
-    fig, ax = plt.subplots(figsize=(max(9, 1.25 * len(rows)), 4.6))
-    width = 0.27
-    x = range(len(rows))
-    for i, (key, label) in enumerate((("base", "base"), ("novel", "novel"), ("hm", "HM"))):
-        values = [float(r[f"{key}_mean"] if key != "hm" else r["hm"]) for r in rows]
-        errors = [float(r[f"{key}_std"]) for r in rows]
-        bars = ax.bar([j + (i - 1) * width for j in x], values, width, yerr=errors, capsize=3,
-                      error_kw={"elinewidth": 1}, label=label)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-    ax.set_xticks(list(x), [r["model"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_xlabel(f"model (error bars: ± std over phase-2 {seeds}; rows run once have none)", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 118)
-    ax.set_title(title)
-    ax.legend(ncol=3, fontsize=8, loc="upper center")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
-    return path
+    hm = Series("HM", [harmonic_mean(r["base_mean"], r["novel_mean"]) for r in rows])
+    figure = base_novel_hm_figure([r["model"] for r in rows], series("base"), series("novel"), hm, title,
+                                  caption=f"model (error bars: ± std over phase-2 {seeds}; rows run once have none)",
+                                  averages=())
+    return save_png(figure, path)

@@ -297,29 +297,7 @@ def test_artifact_domain_records_are_validated(tiny_student):
                                             domains=[{k: v for k, v in record.items() if k != "num_images"}])
 
 
-# ---- the demo's chart and `caspl demo --universal` ---------------------------------------------
-
-def test_chart_draws_error_bars_of_the_seed_std(tmp_path, monkeypatch):
-    import matplotlib.axes
-
-    from caspl_plugin.demo import DemoResult, chart, table_rows
-
-    result = DemoResult()
-    for base, novel in ((80.0, 60.0), (84.0, 70.0)):
-        result.add("CoOp", base, novel)
-    result.add("Student, zero-shot", 70.0, 50.0)
-    drawn = []
-    real_bar = matplotlib.axes.Axes.bar
-
-    def recording_bar(self, *args, **kwargs):
-        drawn.append(kwargs.get("yerr"))
-        return real_bar(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "bar", recording_bar)
-    path = chart(table_rows(result), tmp_path / "c.png", "title", "seeds 1, 2")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert drawn[0] == [pytest.approx(2.0), 0.0] and drawn[1] == [pytest.approx(5.0), 0.0]
-
+# ---- `caspl demo --universal` (the demo's chart: tests/test_report.py) --------------------------
 
 def test_demo_universal_quick_prints_the_held_out_table(tmp_path, capsys):
     """The one slower test of this file (the quick universal demo, ~20 s idle)."""

@@ -164,7 +164,8 @@ def base2new_overview(cells: _Cells, groups: Sequence[Group], labels: dict[Group
     datasets = sorted({d for m in means.values() for d in m}, key=_dataset_order)
     rows = [[d] + [harmonic_mean(*means[g].get(d, (None, None))) for g in groups] for d in datasets]
     rows.append(["Average"] + [_average_base2new(means[g].values())[2] for g in groups])
-    return Table("base2new_hm_overview", "Base-to-novel HM by trainer", ["dataset"] + [labels[g] for g in groups], rows)
+    return Table("base2new_hm_overview", "Base-to-novel HM by trainer", ["dataset"] + [labels[g] for g in groups], rows,
+                 kind="base2new_overview")
 
 
 def base2new_delta(cells: _Cells, baseline: Group, candidate: Group, labels: dict[Group, str]) -> Table:
@@ -189,7 +190,7 @@ def base2new_delta(cells: _Cells, baseline: Group, candidate: Group, labels: dic
     title = f"Base-to-novel: {labels[candidate]} (candidate) vs {labels[baseline]} (baseline)"
     notes = [f"Average over the {len(shared)} datasets both have complete"] if len(shared) < len(datasets) else []
     name = f"base2new_delta_{_slug(labels[candidate])}_vs_{_slug(labels[baseline])}"
-    return Table(name, title, columns, rows, notes=notes)
+    return Table(name, title, columns, rows, kind="base2new_delta", notes=notes)
 
 
 def comparison_pairs(groups: Sequence[Group], baselines: Sequence[str] = ()) -> list[tuple[Group, Group]]:
@@ -424,13 +425,15 @@ def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[
     cells = _Cells(r for r in parsed if r.key.protocol in ("base2new", "few_shot", "xd"))
     tables = []
     groups = cells.groups("base2new")
-    tables += [base2new_table(cells, g) for g in groups]
+    labels = short_labels(groups)
+    tables += [_labelled(base2new_table(cells, g), labels[g]) for g in groups]
     if len(groups) > 1:
-        labels = short_labels(groups)
         tables.append(base2new_overview(cells, groups, labels))
         tables += [base2new_delta(cells, b, c, labels) for b, c in comparison_pairs(groups, baselines)]
-    tables += [few_shot_table(cells, g) for g in cells.groups("few_shot")]
-    tables += [xd_table(cells, g) for g in cells.groups("xd")]
+    for protocol, table in (("few_shot", few_shot_table), ("xd", xd_table)):
+        groups = cells.groups(protocol)
+        labels = short_labels(groups)
+        tables += [_labelled(table(cells, g), labels[g]) for g in groups]
     for protocol, title in (("boosting", "Phase 1 (boosting prompts): the boosting runs' own test accuracy"),
                             ("zeroshot", "Zero-shot CLIP")):
         listed = [r for r in parsed if r.key.protocol == protocol]
@@ -441,6 +444,11 @@ def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[
                         [[f.kind, f.where, f.detail] for f in flags], kind="flags"))
     _make_names_unique(tables)
     return Report(list(runs), tables, flags)
+
+
+def _labelled(table: Table, label: str) -> Table:
+    table.label = label
+    return table
 
 
 def _make_names_unique(tables: Sequence[Table]) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from caspl_plugin.data.splits import atomic_write_text
-from caspl_plugin.files import atomic_write
 
 if TYPE_CHECKING:
     from .aggregate import Report
@@ -28,6 +27,7 @@ class Table:
     kind: str = ""
     notes: list[str] = field(default_factory=list)
     printed: bool = True
+    label: str = ""  # the trainer's short name among the report's tables of its kind (chart legends)
 
     def column(self, name: str) -> list[Value]:
         index = self.columns.index(name)
@@ -98,34 +98,10 @@ def write_tables(report: Report, out_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_charts(report: Report, out_dir: str | os.PathLike) -> list[Path]:
-    """A grouped base / novel / HM bar chart per base-to-novel table (``<name>.png``).
-    Raises ``ImportError`` when matplotlib is missing."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """The chart of every results table (:func:`~caspl_plugin.report.charts.report_charts`) as
+    ``<name>.png``. Raises :class:`~caspl_plugin.report.charts.MatplotlibMissing` without matplotlib."""
+    from .charts import report_charts, save_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for table in (t for t in report.tables if t.kind == "base2new"):
-        datasets = table.column("dataset")
-        series = [("Base", table.column("base")), ("Novel", table.column("novel")), ("HM", table.column("hm"))]
-        figure = Figure(figsize=(max(6.0, 0.8 * len(datasets) + 2), 4.5))
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        width = 0.8 / len(series)
-        for offset, (label, values) in enumerate(series):
-            positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(datasets))]
-            axes.bar(positions, [v if v is not None else 0.0 for v in values], width, label=label)
-        axes.set_xticks(range(len(datasets)), datasets, rotation=40, ha="right")
-        axes.set_ylabel("accuracy (%)")
-        axes.set_ylim(0, 112)  # room above 100 for the legend
-        axes.set_yticks(range(0, 101, 20))
-        axes.set_title(table.title, fontsize=10)
-        axes.legend(loc="upper center", ncol=len(series), fontsize=8, frameon=False)
-        figure.tight_layout()
-        path = out_dir / f"{table.name}.png"
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
-        atomic_write(path, buffer.getvalue())
-        written.append(path)
-    return written
+    return [save_png(chart.figure, out_dir / f"{chart.name}.png") for chart in report_charts(report)]
