@@ -5,9 +5,10 @@ Three steps, one module each:
 - :mod:`~caspl_plugin.report.parse`: Dassl logs and the run folders they sit in -> :class:`Run`;
 - :mod:`~caspl_plugin.report.aggregate`: runs -> tables (per protocol and trainer, comparisons) and
   flags of suspicious runs -> :class:`Report`;
-- :mod:`~caspl_plugin.report.render`: tables as text, CSV and Markdown files, PNG charts;
+- :mod:`~caspl_plugin.report.render`: the tables as CSV and Markdown files, and the PNG charts;
 
-and :mod:`~caspl_plugin.report.charts`, the charts of the tables (the demos' charts too): one style,
+with :mod:`~caspl_plugin.report.table` (a :class:`Table` and its text, Markdown and CSV forms) and
+:mod:`~caspl_plugin.report.charts`, the charts of the tables (the demos' charts too): one style,
 matplotlib imported there only.
 """
 from .aggregate import (
@@ -49,7 +50,8 @@ from .parse import (
     read_run,
 )
 from .charts import MatplotlibMissing, report_charts
-from .render import Table, Value, save_charts, write_tables
+from .render import save_charts, write_tables
+from .table import Table, Value
 
 __all__ = [
     "FLAG_KINDS", "IMAGENET_VARIANTS", "LAYOUTS", "LOG_FILE", "TRANSFER_DATASETS",

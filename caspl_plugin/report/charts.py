@@ -1,6 +1,6 @@
 """Charts of the result tables, one style for ``caspl report`` and the demos.
 
-Each chart is drawn from one or more :class:`~caspl_plugin.report.render.Table` objects (or, for the
+Each chart is drawn from one or more :class:`~caspl_plugin.report.table.Table` objects (or, for the
 demos, from the same numbers their table prints) and nothing else, so the figure shows exactly what
 the table says:
 
@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from caspl_plugin.files import atomic_write
 
-from .aggregate import _dataset_order
+from .aggregate import dataset_order
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from .aggregate import Report
-    from .render import Table
+    from .table import Table
 
 
 class MatplotlibMissing(ImportError):
@@ -312,7 +312,7 @@ def few_shot_chart(tables: Sequence["Table"], labels: Optional[Sequence[str]] = 
     palette = palette or Palette()
     labels = list(labels) if labels is not None else [t.label or t.title for t in tables]
     datasets = sorted({str(d) for table in tables for d in table.column("dataset")},
-                      key=lambda d: (d != "Average",) + _dataset_order(d))
+                      key=lambda d: (d != "Average",) + dataset_order(d))
     shots = sorted({k for table in tables for k in _shots_of(table)})
     columns = min(4, len(datasets))
     rows = math.ceil(len(datasets) / columns)
@@ -380,7 +380,7 @@ def xd_categories(tables: Sequence["Table"]) -> list[tuple[str, str]]:
     sections = list(_SECTION_TITLES)
     keys = {(str(row[0]), str(row[1])) for table in tables for row in table.rows}
     return sorted(keys, key=lambda key: (sections.index(_xd_section(*key)), key[0] == "average")
-                  + _dataset_order(key[1]) + (key[0],))
+                  + dataset_order(key[1]) + (key[0],))
 
 
 def xd_chart(tables: Sequence["Table"], labels: Optional[Sequence[str]] = None,
