@@ -32,18 +32,33 @@ def register_method(cls: type) -> type:
     return cls
 
 
-def _ensure_builtin() -> None:
-    from . import builtin  # noqa: F401  (registers the built-in methods)
+#: entry-point group through which other packages register methods (``name = "pkg.module"``; the
+#: module registers its classes with :func:`register_method` when imported)
+ENTRY_POINT_GROUP = "caspl_plugin.methods"
+_loaded_entry_points = False
+
+
+def _load_entry_points() -> None:
+    """Import the modules of other packages' methods, once. (The built-in methods register when
+    :mod:`caspl_plugin.methods` is imported, which this module's import already did.)"""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
 
 
 def list_methods() -> list[str]:
-    _ensure_builtin()
+    _load_entry_points()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> type:
     """The class of method ``name`` (case-insensitive); unknown names get suggestions."""
-    _ensure_builtin()
+    _load_entry_points()
     key = name.lower()
     if key not in _METHODS:
         close = difflib.get_close_matches(key, list(_METHODS), n=3)
