@@ -18,7 +18,7 @@ from dassl.optim import build_lr_scheduler, build_optimizer
 from torch import nn
 
 from caspl_plugin.clip import create_clip
-from caspl_plugin.engine import autocast
+from caspl_plugin.engine import autocast, training_step
 from caspl_plugin.methods import PromptModel, get_method
 from caspl_plugin.prompts import PromptedCLIP
 
@@ -159,13 +159,12 @@ class PromptTrainer(TrainerX):
         self.model.train(mode == "train")
 
     def forward_backward(self, batch):
+        """The engine's step (autocast, GradScaler for fp16 on CUDA) with Dassl's optimizer."""
         images, labels = self.parse_batch_train(batch)
-        with autocast(self.device, self.precision):
-            loss, metrics = self.model.loss(images, labels)
-        self.model_backward_and_update(loss)
+        metrics = training_step(self.model, images, labels, self.optim, self.precision)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
-        return {k: float(v) for k, v in metrics.items()}
+        return metrics
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

@@ -25,7 +25,7 @@ from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact
-from caspl_plugin.engine import autocast
+from caspl_plugin.engine import autocast, training_step
 from caspl_plugin.plugin.config import BOOSTING_FILE
 
 from .base import LearnableView, load_backbone, precision_of, text_chunk_of
@@ -165,10 +165,7 @@ class BoostDistill(TrainerX):
         if batch["img"] is not None:  # a batch whose images were all unreadable trains nothing
             images = self.parse_batch_train(batch)
             extras = {key: batch[key].to(self.device) for key in ("teacher_features", "domain") if key in batch}
-            with autocast(self.device, self.precision):
-                loss, metrics = self.distiller.loss(images, **extras)
-            self.model_backward_and_update(loss)
-            summary = {k: float(v) for k, v in metrics.items()}
+            summary = training_step(self.distiller, images, None, self.optim, self.precision, **extras)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
