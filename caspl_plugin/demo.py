@@ -28,9 +28,9 @@ import torch
 from .boosting import BoostingConfig, build_distiller
 from .clip import create_clip
 from .data.domains import DomainClassSet
-from .engine import fit
+from .engine import LoopConfig, TensorData, train_epochs
 from .files import atomic_write
-from .methods import ZeroShotCLIP, get_method
+from .methods import AdaptSettings, ZeroShotCLIP, get_method, run_adaptation
 from .prompts import PromptedCLIP
 from .toy import domain
 
@@ -116,7 +116,7 @@ def distill_toy_boosting(student, teacher, domains: Sequence[tuple], settings: "
     """The demos' boosting phase on in-memory toy images: ``domains`` = ``(DomainClassSet,
     normalised images)`` pairs (one for per-domain boosting, several for universal prompts).
 
-    The engine's :func:`~caspl_plugin.engine.fit` with the batch plan of ``caspl distill --domain``
+    The engine's loop (:func:`~caspl_plugin.engine.train_epochs` over :class:`~caspl_plugin.engine.TensorData`) with the batch plan of ``caspl distill --domain``
     (one domain per batch, :func:`~caspl_plugin.data.domains.plan_batches`), the teacher's image
     features computed once (the images are fixed; each batch's logits use its domain's class set),
     AdamW for ``settings.boost_steps`` steps. Returns the distiller, its boosting group frozen.
@@ -140,20 +140,21 @@ def distill_toy_boosting(student, teacher, domains: Sequence[tuple], settings: "
 
     per_epoch = len(plan(0, settings.boost_batch, torch.Generator()))  # the plan's length does not depend on the draw
     optimizer = torch.optim.AdamW(distiller.student.learnable_parameters(), lr=settings.boost_lr, weight_decay=0.0)
-    fit(distiller, images, None, optimizer, epochs=math.ceil(settings.boost_steps / per_epoch),
-        batch_size=settings.boost_batch, seed=seed, plan=plan, max_steps=settings.boost_steps,
-        progress=f"boosting ({'+'.join(c.name for c, _ in domains)})" if progress else None,
-        teacher_features=features, domain=domain_of)
+    data = TensorData(images, seed=seed, plan=plan, teacher_features=features, domain=domain_of)
+    train_epochs(distiller, data, optimizer, LoopConfig(
+        epochs=math.ceil(settings.boost_steps / per_epoch), batch_size=settings.boost_batch, seed=seed,
+        max_steps=settings.boost_steps, progress=f"boosting ({'+'.join(c.name for c, _ in domains)})" if progress else None,
+    ))
     distiller.student.boosting.set_learnable(False)
     return distiller
 
 
 def adapt_toy_method(model, images: torch.Tensor, labels: torch.Tensor, settings: "DemoSettings", seed: int):
-    """The demos' adapting phase: AdamW and a per-epoch cosine lr on in-memory shots; returns ``model``."""
-    optimizer = torch.optim.AdamW(model.learnable_parameters(), lr=settings.method_lr, weight_decay=0.0)
-    schedule = lambda e: settings.method_lr * 0.5 * (1 + math.cos(math.pi * e / settings.method_epochs))  # noqa: E731
-    fit(model, images, labels, optimizer, epochs=settings.method_epochs, batch_size=settings.method_batch,
-        lr_at=schedule, seed=seed)
+    """The demos' adapting phase (:func:`~caspl_plugin.methods.run_adaptation`): AdamW and a per-epoch
+    cosine lr on in-memory shots; returns ``model``."""
+    recipe = AdaptSettings(epochs=settings.method_epochs, batch_size=settings.method_batch, lr=settings.method_lr,
+                           optimizer="adamw", weight_decay=0.0, warmup_epochs=0, seed=seed)
+    run_adaptation(model, TensorData(images, labels, seed=seed), recipe, progress=False)
     return model
 
 

@@ -331,8 +331,8 @@ class _Recorder(torch.nn.Module):
         return (self.weight - images.mean()) ** 2, {"loss": torch.tensor(0.0)}
 
 
-def test_fit_follows_the_batch_plan_one_domain_per_batch_and_stops_at_max_steps():
-    from caspl_plugin.engine import fit
+def test_tensor_data_follows_the_batch_plan_one_domain_per_batch_and_the_loop_stops_at_max_steps():
+    from caspl_plugin.engine import LoopConfig, TensorData, train_epochs
 
     sizes, offsets = [5, 9], [0, 5]
     images = torch.arange(14.0).reshape(14, 1)  # image i is the number i
@@ -346,7 +346,9 @@ def test_fit_follows_the_batch_plan_one_domain_per_batch_and_stops_at_max_steps(
 
     objective = _Recorder()
     optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
-    fit(objective, images, None, optimizer, epochs=10, batch_size=2, plan=plan, max_steps=11, domain=domain_of)
+    report = train_epochs(objective, TensorData(images, plan=plan, domain=domain_of), optimizer,
+                          LoopConfig(epochs=10, batch_size=2, max_steps=11))
+    assert report.steps == 11 and len(report.epoch_losses) == 2
     assert len(objective.batches) == 11  # 4 batches per domain and epoch (even): 8, then 3 of the second epoch
     assert epochs_seen == [0, 1]
     for numbers, domains in objective.batches:
