@@ -50,8 +50,9 @@ class LearnableView(nn.Module):
         return super().train(mode)
 
 
-class AggregationState(nn.Module):
-    """PromptSRC's Gaussian prompt aggregation (GPA) state for Dassl checkpoints, so resume works."""
+class TrainingState(nn.Module):
+    """The model's :meth:`~caspl_plugin.methods.PromptModel.training_state` (PromptSRC's prompt
+    aggregation) in Dassl's checkpoints, so resume continues it."""
 
     def __init__(self, model: nn.Module, max_epoch: int):
         super().__init__()
@@ -59,21 +60,10 @@ class AggregationState(nn.Module):
         self.max_epoch = max_epoch
 
     def state_dict(self, *args, **kwargs):
-        gpa = self.model.gpa
-        if gpa is None:
-            return {}
-        state = gpa.state_dict()
-        return {**{f"sums.{k}": v for k, v in state["sums"].items()}, "recorded": torch.tensor(state["recorded"], dtype=torch.long)}
+        return dict(self.model.training_state())
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if not state_dict:
-            return
-        from caspl_plugin.methods.promptsrc import GaussianPromptAggregation
-
-        model = self.model
-        model.gpa = GaussianPromptAggregation(model, self.max_epoch, model.gpa_mean, model.gpa_std)
-        sums = {k[len("sums."):]: v for k, v in state_dict.items() if k.startswith("sums.")}
-        model.gpa.load_state_dict({"sums": sums, "recorded": state_dict["recorded"].tolist()})
+        self.model.load_training_state(dict(state_dict), self.max_epoch)
 
 
 def load_backbone(cfg, name: str = "", weights: str = ""):
@@ -152,7 +142,7 @@ class PromptTrainer(TrainerX):
         else:
             self.register_model(LEARNER, learnable, None, None)
         if getattr(self.model, "gpa_mean", None) is not None:
-            self.register_model("aggregation", AggregationState(self.model, self.max_epoch), None, None)
+            self.register_model("aggregation", TrainingState(self.model, self.max_epoch), None, None)
 
     def set_model_mode(self, mode="train", names=None):
         super().set_model_mode(mode, names)
