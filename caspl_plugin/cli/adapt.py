@@ -38,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="train on all classes, or the base / new half; with 'base' the test reports base, novel and HM")
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="coop", help="coop, cocoop, ivlp, maple or promptsrc (any registered method)")
-    method.add_argument("--preset", help="a preset of the method (default: caspl_base2novel with --boosting, else base2novel, when it has one)")
+    method.add_argument("--preset", help="a preset of the method (default: caspl_base2novel with --boosting, else base2novel, "
+                                         "when it has one); PromptSRC's caspl_* presets place the boosting prompts at "
+                                         "PromptSRC's depth, the authors' rule, as the CasPL_PromptSRC Dassl configs do "
+                                         "(layers the artifact lacks: random tokens drawn from --seed)")
     method.add_argument("--boosting", metavar="ARTIFACT", help="boosting prompts from `caspl distill` (CasPL_<Method>); frozen")
     method.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="override a method setting of the preset (VALUE is JSON, else a string), e.g. n_ctx=4")
@@ -214,7 +217,8 @@ def _run(args, device) -> int:
         torch.manual_seed(args.seed)
         student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
         try:
-            model = cascade(cls, PromptedCLIP(student), names, args.boosting, **model_settings).to(device)
+            model = cascade(cls, PromptedCLIP(student), names, args.boosting, boosting_seed=args.seed,
+                            **(preset.cascade if preset else {}), **model_settings).to(device)
         except ArtifactError as error:
             raise CommandError(f"--boosting {args.boosting}: {error}") from None
         except TypeError as error:

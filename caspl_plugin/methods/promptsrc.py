@@ -151,6 +151,9 @@ class GaussianPromptAggregation:
 def _preset(name, description, n_ctx, depth, epochs, gpa):
     return Preset(
         name, description,
+        # CasPL_PromptSRC (the authors' configs, and this package's Dassl configs): the boosting prompts
+        # take PromptSRC's depth; a no-op for the plain method, which has no boosting prompts
+        cascade={"boosting_depth": "method"} if name.startswith("caspl_") else {},
         model={"n_ctx_text": n_ctx, "n_ctx_vision": n_ctx, "depth_text": depth, "depth_vision": depth,
                "ctx_init": "a photo of a", "text_loss_weight": 25.0, "image_loss_weight": 10.0,
                "gpa_mean": gpa[0], "gpa_std": gpa[1]},

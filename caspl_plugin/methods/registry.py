@@ -12,15 +12,17 @@ _METHODS: dict[str, type] = {}
 class Preset:
     """A named configuration of a method: model settings plus training settings.
 
-    ``model`` holds constructor keyword arguments of the method class; ``train`` holds ``lr``,
-    ``epochs``, ``batch_size`` and friends (the same names as :class:`~caspl_plugin.boosting.DistillSettings`),
-    plus method-specific training settings (e.g. PromptSRC's GPA mean/std).
+    ``model`` holds constructor keyword arguments of the method class; ``train`` the training recipe
+    (the fields of :class:`~caspl_plugin.methods.AdaptSettings`: ``lr``, ``epochs``, ``batch_size``,
+    ...); ``cascade`` keyword arguments of :func:`~caspl_plugin.methods.cascade` (e.g. the authors'
+    boosting-depth rule of CasPL_PromptSRC), used when boosting prompts are cascaded in.
     """
 
     name: str
     description: str
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    cascade: dict[str, Any] = field(default_factory=dict)
 
 
 def register_method(cls: type) -> type:
