@@ -497,7 +497,8 @@ def test_cross_dataset_chart_writes_the_bars_of_the_table(tmp_path):
 
 def test_demo_chart_draws_its_table_and_no_caps_on_single_runs(tmp_path, monkeypatch):
     import caspl_plugin.report.charts as charts
-    from caspl_plugin.demo import DemoResult, chart, harmonic_mean, table_rows
+    from caspl_plugin.demo import DemoResult, chart, table_rows
+    from caspl_plugin.report import harmonic_mean
 
     result = DemoResult()
     for base, novel in ((80.0, 60.0), (84.0, 70.0)):

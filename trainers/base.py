@@ -12,7 +12,6 @@ import logging
 import os.path as osp
 from typing import ClassVar
 
-import torch
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from torch import nn
