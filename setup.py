@@ -9,7 +9,7 @@ from setuptools.command.sdist import sdist
 HERE = Path(__file__).parent
 #: top-level folders shipped as caspl_plugin/bundled/<folder>: the selection of caspl_plugin.resources.PATTERNS
 BUNDLED = {"configs": ("*.yaml",), "scripts": ("*.sh", "*.md")}
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "caspl_plugin" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "caspl_plugin" / "version.py").read_text()).group(1)
 
 
 def _packages():

@@ -212,7 +212,7 @@ def build_teacher_cache(
             with safe_open(str(shard_dir / name), framework="pt") as handle:
                 feature_dim = int(handle.get_slice("features").get_shape()[-1])
             break
-        from .. import __version__
+        from ..version import __version__
 
         index = {
             "format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,

@@ -35,7 +35,7 @@ BROKEN_PIPE_EXIT = 141
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``caspl`` parser; only ``command``'s module is imported to add its arguments."""
-    from caspl_plugin import __version__
+    from caspl_plugin.version import __version__
 
     parser = argparse.ArgumentParser(prog="caspl", description="Cascade Prompt Learning (CasPL) for CLIP.")
     parser.add_argument("--version", action="version", version=f"caspl-plugin {__version__}")
