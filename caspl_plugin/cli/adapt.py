@@ -28,6 +28,7 @@ from .runguard import guarded_run
 
 logger = logging.getLogger(__name__)
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data (one of --data or --dataset/--root)")
     data.add_argument("--data", help="image folder with one sub-folder per class (or train/ val/ test/ sub-folders of class folders)")

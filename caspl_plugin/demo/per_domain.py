@@ -27,6 +27,7 @@ from ..toy import domain
 from .runs import TEMPLATE, DemoResult, DemoSettings, TestSplit, adapt_toy_method, base_novel_accuracy, distill_toy_boosting, normalise
 from .tables import chart, csv_text, markdown_table, seed_caption, table_rows
 
+
 def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> DemoResult:
     """Run the demo and return every measured accuracy (see the module docstring)."""
     from tqdm.auto import tqdm

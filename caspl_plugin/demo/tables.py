@@ -11,6 +11,7 @@ from typing import Sequence
 from ..report.aggregate import harmonic_mean
 from .runs import DemoResult
 
+
 def _mean_std(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"

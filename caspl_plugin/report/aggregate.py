@@ -41,7 +41,6 @@ _DATASET_ORDER = {spec.config: i for i, spec in enumerate(DATASETS.values())}
 # ------------------------------------------------------------------------------------- tables
 
 
-
 def harmonic_mean(base: Optional[float], novel: Optional[float]) -> Optional[float]:
     """``2BN/(B+N)``; ``None`` when either is missing."""
     if base is None or novel is None:
