@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: commands that compute on the CPU or GPU: they take ``--threads``
+COMPUTING = ("demo", "distill", "adapt", "teacher-cache", "classify", "export")
+
+
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
@@ -47,7 +51,21 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
             module = importlib.import_module(f"{__name__}.{module_name}")
             module.add_arguments(command_parser)
             command_parser.set_defaults(_module=module)
+            if name in COMPUTING:
+                command_parser.add_argument(
+                    "--threads", type=_threads, metavar="N",
+                    help="CPU threads for torch (default: the CPUs this process may use less those busy right now, "
+                         "at least 1; or $CASPL_THREADS). On a shared server, 1 per process avoids stalls")
     return parser
+
+
+def _threads(text: str) -> int:
+    from caspl_plugin.threads import parse_threads
+
+    try:
+        return parse_threads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--threads expects ", "expected ")) from None
 
 
 def _command_in(argv: Sequence[str]) -> Optional[str]:
@@ -85,6 +103,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in COMPUTING:
+            from caspl_plugin.threads import configure_threads
+
+            configure_threads(args.threads, local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         return int(args._module.run(args) or 0)
     except (CommandError, FileNotFoundError, ValueError) as error:
         print(f"caspl {args.command}: error: {error}", file=sys.stderr)
