@@ -11,12 +11,12 @@ from .runs import (
     TEMPLATE, DemoResult, DemoSettings, TestSplit, accuracy, adapt_toy_method, base_novel_accuracy, distill_toy_boosting,
     normalise,
 )
-from .tables import chart, csv_text, format_table, markdown_table, seed_caption, table_rows
+from .tables import chart, chart_or_skip, csv_text, format_table, markdown_table, seed_caption, table_rows
 from .universal import UniversalResult, UniversalSettings, run_universal_demo, verdict, write_universal_outputs
 
 __all__ = [
     "run_demo", "write_outputs", "TEMPLATE", "DemoResult", "DemoSettings", "TestSplit", "accuracy", "adapt_toy_method",
-    "base_novel_accuracy", "distill_toy_boosting", "normalise", "chart", "csv_text", "format_table", "markdown_table",
+    "base_novel_accuracy", "distill_toy_boosting", "normalise", "chart", "chart_or_skip", "csv_text", "format_table", "markdown_table",
     "seed_caption", "table_rows", "UniversalResult", "UniversalSettings", "run_universal_demo", "verdict",
     "write_universal_outputs",
 ]

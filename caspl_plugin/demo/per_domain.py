@@ -25,7 +25,7 @@ from ..methods import ZeroShotCLIP, get_method
 from ..prompts import PromptedCLIP
 from ..toy import domain
 from .runs import TEMPLATE, DemoResult, DemoSettings, TestSplit, adapt_toy_method, base_novel_accuracy, distill_toy_boosting, normalise
-from .tables import chart, csv_text, markdown_table, seed_caption, table_rows
+from .tables import chart_or_skip, csv_text, markdown_table, seed_caption, table_rows
 
 
 def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> DemoResult:
@@ -98,5 +98,5 @@ def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict
     paths = {"markdown": out / "demo_results.md", "csv": out / "demo_results.csv"}
     atomic_write(paths["markdown"], "\n".join(markdown).encode())
     atomic_write(paths["csv"], csv_text(result, settings.seeds).encode())
-    paths["chart"] = chart(table_rows(result), out / "demo_results.png", f"CasPL on ToyShapes ({seeds})", seeds)
-    return paths
+    drawn = chart_or_skip(table_rows(result), out / "demo_results.png", f"CasPL on ToyShapes ({seeds})", seeds)
+    return {**paths, **({"chart": drawn} if drawn else {})}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..report.aggregate import harmonic_mean
 from .runs import DemoResult
+
+logger = logging.getLogger(__name__)
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -89,3 +92,14 @@ def chart(rows: list[dict], path: Path, title: str, seeds: str) -> Path:
                                   caption=f"model (error bars: ± std over phase-2 {seeds}; rows run once have none)",
                                   averages=())
     return save_png(figure, path)
+
+
+def chart_or_skip(rows: list[dict], path: Path, title: str, seeds: str) -> Optional[Path]:
+    """:func:`chart`, or None with one warning line when matplotlib is not installed."""
+    from ..report.charts import MatplotlibMissing
+
+    try:
+        return chart(rows, path, title, seeds)
+    except MatplotlibMissing as missing:
+        logger.warning("%s", missing)
+        return None

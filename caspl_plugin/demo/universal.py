@@ -29,7 +29,7 @@ from ..methods import ZeroShotCLIP, get_method
 from ..prompts import PromptedCLIP
 from ..toy import domain
 from .runs import DemoResult, DemoSettings, TestSplit, adapt_toy_method, base_novel_accuracy, distill_toy_boosting, normalise
-from .tables import chart, csv_text, markdown_table, seed_caption, table_rows
+from .tables import chart_or_skip, csv_text, markdown_table, seed_caption, table_rows
 
 COOP_INIT = "a photo of a"
 
@@ -177,6 +177,6 @@ def write_universal_outputs(result: UniversalResult, out: Path, settings: Univer
     atomic_write(paths["markdown"], "\n".join(markdown).encode())
     atomic_write(paths["csv"], csv_text(result.held_out, settings.seeds).encode())
     atomic_write(paths["seen_csv"], csv_text(result.seen, settings.seeds).encode())
-    paths["chart"] = chart(table_rows(result.held_out), out / "universal_results.png",
-                           f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})", seeds)
-    return paths
+    drawn = chart_or_skip(table_rows(result.held_out), out / "universal_results.png",
+                          f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})", seeds)
+    return {**paths, **({"chart": drawn} if drawn else {})}

@@ -51,7 +51,7 @@ class MatplotlibMissing(ImportError):
     """A chart was asked for and matplotlib is not installed."""
 
     def __init__(self):
-        super().__init__("matplotlib is not installed, charts skipped (pip install matplotlib)")
+        super().__init__("matplotlib is not installed, charts skipped (pip install 'caspl-plugin[plots]')")
 
 
 #: fixed colours of the base-to-novel metrics (colour-blind safe)
