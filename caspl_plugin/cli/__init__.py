@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "top-k classes of images with a classifier saved after phase 2"),
     "export": ("export", "a classifier as one ONNX graph (fp32 or int8) for onnxruntime"),
     "report": ("report_cmd", "tables (base-to-novel, few-shot, cross-dataset) and flags from finished Dassl runs' logs"),
+    "models": ("models_cmd", "the CLIP models caspl knows: which can be the student, their pretrained tags, weights found"),
 }
 
 
