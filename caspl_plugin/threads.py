@@ -70,11 +70,17 @@ def choose_threads(cpus: int, busy: int, local_processes: int = 1) -> int:
     return max(1, free // max(1, local_processes))
 
 
-def configure_threads(threads: Optional[int] = None, *, local_processes: int = 1) -> ThreadChoice:
-    """Set torch's intra-op threads to ``threads``, ``$CASPL_THREADS``, or the choice for this machine
-    now; logs the choice and returns it."""
-    import torch
+_configured: Optional[ThreadChoice] = None
 
+
+def configure_threads(threads: Optional[int] = None, *, local_processes: int = 1) -> ThreadChoice:
+    """Use ``threads``, ``$CASPL_THREADS``, or the choice for this machine now: torch's intra-op
+    threads (set now if torch is loaded, else through ``OMP_NUM_THREADS`` before it loads, so a
+    torch-free path never imports it) and :func:`configured_threads` for other runtimes (onnxruntime).
+    Logs the choice and returns it."""
+    import sys
+
+    global _configured
     cpus, busy = usable_cpus(), busy_cpus()
     explicit = threads is not None
     if threads is None and os.environ.get("CASPL_THREADS", "").strip():
@@ -82,9 +88,18 @@ def configure_threads(threads: Optional[int] = None, *, local_processes: int = 1
     if threads is None:
         threads = choose_threads(cpus, busy, local_processes)
     choice = ThreadChoice(threads, cpus, busy, local_processes, explicit)
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    _configured = choice
     logger.info("Computing with %s", choice.describe())
     return choice
+
+
+def configured_threads() -> Optional[int]:
+    """The threads :func:`configure_threads` chose in this process (None: it was not called)."""
+    return None if _configured is None else _configured.threads
 
 
 def parse_threads(text: str, source: str = "--threads") -> int:

@@ -210,6 +210,19 @@ def test_cascade_trainer_keeps_boosting_frozen_and_records_its_hash(boosting_dir
     assert 0.0 <= ok.test() <= 100.0
 
 
+def test_learnable_boosting_prompts_are_trained_by_the_plugins_method_trainers(boosting_dir, data_root, tmp_path):
+    """TRAINER.CASPL.LEARNABLE_BOOSTING: the boosting group's own optimizer steps with the method's."""
+    from dassl.engine import build_trainer
+
+    cfg = tiny_cfg(data_root, tmp_path / "learn", "CasPL_CoOp", "DATASET.NUM_SHOTS", 1, "DATASET.SUBSAMPLE_CLASSES", "base",
+                   "TRAINER.CASPL.BOOSTING", str(boosting_dir), "TRAINER.CASPL.LEARNABLE_BOOSTING", True)
+    trainer = build_trainer(cfg)
+    group = trainer.boosting_group
+    before = {k: v.clone() for k, v in group.state_dict().items()}
+    trainer.train()
+    assert all(not torch.equal(before[k], v) for k, v in group.state_dict().items())
+
+
 def test_cascade_trainer_errors(data_root, tmp_path):
     from dassl.engine import build_trainer
 
@@ -329,7 +342,7 @@ def test_dassl_steps_are_the_engines_step(trainer_name, data_root, tmp_path, mon
     trainer = build_trainer(tiny_cfg(data_root, tmp_path, trainer_name, "DATASET.NUM_SHOTS", 1))
     trainer.train()
     assert len(calls) == trainer.num_batches and calls
-    assert all(optimizer is trainer.optim and precision == "fp32" for _, precision, optimizer in calls)
+    assert all(optimizer == [trainer.optim] and precision == "fp32" for _, precision, optimizer in calls)
     assert {name for name, _, _ in calls} == {"BoostingDistiller" if trainer_name == "BoostDistill" else "CoOp"}
 
 

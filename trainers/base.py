@@ -75,6 +75,12 @@ def load_backbone(cfg, name: str = "", weights: str = ""):
     )
 
 
+def registered_optimizers(trainer) -> list:
+    """Every optimizer of the trainer's registered models (its own, and e.g. the cascade's for
+    learnable boosting prompts), as Dassl's ``model_update`` steps them."""
+    return [trainer._optims[name] for name in trainer.get_model_names() if trainer._optims[name] is not None]
+
+
 def prompted_clip(cfg, backbone) -> PromptedCLIP:
     """The student's prompted CLIP with ``MODEL.BACKBONE.TEXT_CHUNK`` applied."""
     clip = PromptedCLIP(backbone)
@@ -150,7 +156,7 @@ class PromptTrainer(TrainerX):
     def forward_backward(self, batch):
         """The engine's step (autocast, GradScaler for fp16 on CUDA) with Dassl's optimizer."""
         images, labels = self.parse_batch_train(batch)
-        metrics = training_step(self.model, images, labels, self.optim, self.precision)
+        metrics = training_step(self.model, images, labels, registered_optimizers(self), self.precision)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return metrics

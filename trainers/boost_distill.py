@@ -28,7 +28,7 @@ from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distill
 from caspl_plugin.engine import autocast, training_step
 from caspl_plugin.plugin.config import BOOSTING_FILE
 
-from .base import LearnableView, load_backbone, precision_of, text_chunk_of
+from .base import LearnableView, load_backbone, precision_of, registered_optimizers, text_chunk_of
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class BoostDistill(TrainerX):
         if batch["img"] is not None:  # a batch whose images were all unreadable trains nothing
             images = self.parse_batch_train(batch)
             extras = {key: batch[key].to(self.device) for key in ("teacher_features", "domain") if key in batch}
-            summary = training_step(self.distiller, images, None, self.optim, self.precision, **extras)
+            summary = training_step(self.distiller, images, None, registered_optimizers(self), self.precision, **extras)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -55,8 +55,15 @@ def grad_scaler(optimizer: torch.optim.Optimizer, device: torch.device | str, pr
 _SCALERS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, torch.amp.GradScaler]" = weakref.WeakKeyDictionary()
 
 
-def _learnable(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
-    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+Optimizers = Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]]
+
+
+def _as_list(optimizers: Optimizers) -> list[torch.optim.Optimizer]:
+    return [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+
+
+def _learnable(optimizers: Sequence[torch.optim.Optimizer]) -> list[nn.Parameter]:
+    return [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
 def _sync_gradients(params: list[nn.Parameter], finite: bool) -> bool:
@@ -81,7 +88,7 @@ def synced_step(
     objective: nn.Module,
     images: Optional[Tensor],
     labels,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizers,
     precision: str = "fp32",
     *,
     weight: float = 1.0,
@@ -93,13 +100,16 @@ def synced_step(
     share's fraction of the global batch's readable images, so the summed gradients are exactly the
     gradient of the global batch's mean loss (one process: ``weight=1``, the plain step). A process
     whose share is empty (``images=None``) contributes nothing but still joins the all-reduce.
-    fp16 on CUDA goes through the optimizer's GradScaler. Returns the metrics as floats (None for
-    an empty share).
+    fp16 on CUDA goes through the optimizer's GradScaler. ``optimizer`` may be several optimizers
+    (e.g. a Dassl trainer's, one per registered model): every one steps, with one scaler (the
+    first's). Returns the metrics as floats (None for an empty share).
     """
     distributed_run = distributed.world_size() > 1
     device = next(objective.parameters()).device
-    scaler = grad_scaler(optimizer, device, precision)
-    optimizer.zero_grad(set_to_none=True)
+    optimizers = _as_list(optimizer)
+    scaler = grad_scaler(optimizers[0], device, precision)
+    for each in optimizers:
+        each.zero_grad(set_to_none=True)
     metrics, finite = None, True
     if images is not None:
         with autocast(device, precision):
@@ -112,18 +122,20 @@ def synced_step(
                 loss = loss * weight
             (scaler.scale(loss) if scaler is not None else loss).backward()
     if distributed_run:
-        params = _learnable(optimizer)
+        params = _learnable(optimizers)
         if not _sync_gradients(params, finite):
             raise FloatingPointError("Loss is not finite on at least one process")
+    for each in optimizers:
+        if scaler is not None:
+            scaler.step(each)
+        else:
+            each.step()
     if scaler is not None:
-        scaler.step(optimizer)
         scaler.update()
-    else:
-        optimizer.step()
     return None if metrics is None else {k: float(v) for k, v in metrics.items()}
 
 
-def training_step(objective: nn.Module, images: Tensor, labels, optimizer: torch.optim.Optimizer, precision: str = "fp32", **batch) -> dict[str, float]:
+def training_step(objective: nn.Module, images: Tensor, labels, optimizer: Optimizers, precision: str = "fp32", **batch) -> dict[str, float]:
     """One optimisation step: loss under autocast, backward, step. Returns the metrics as floats.
 
     Extra keyword arguments (e.g. cached ``teacher_logits``) are passed on to ``objective.loss``.
