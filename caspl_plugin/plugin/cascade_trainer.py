@@ -6,8 +6,11 @@ boosting artifact named by ``TRAINER.CASPL.BOOSTING``, finds ``X``'s CLIP with a
 group. ``X``'s optimizer, losses, checkpoints and evaluation are untouched: the boosting tensors are
 never in ``X``'s optimizer. A small registered record carries the artifact's hash (with the depth rule
 and seed when ``BOOSTING_DEPTH method``) through Dassl's own checkpoints, so reloading with different
-boosting prompts is refused. The artifact is checked in ``check_cfg``, before ``X`` builds anything;
-one summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``).
+boosting prompts is refused. The artifact is checked in ``check_cfg``, before ``X`` builds anything.
+
+One summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``),
+with the host's learnable parameters counted as the host trains them (``requires_grad``, in its
+optimizers) beside the boosting parameters.
 """
 from __future__ import annotations
 
@@ -116,14 +119,28 @@ def check_cascade_cfg(cfg, trainer_name: str) -> BoostingArtifact:
         raise ArtifactError(f"TRAINER.CASPL.BOOSTING: cannot read a boosting artifact from {path}: {error}") from error
 
 
-def _learnable_count(trainer, group) -> int:
-    """Parameters in the host's optimizers (what the host trains), the boosting group's excluded."""
+def host_learnable(trainer, group) -> tuple[int, int]:
+    """``(trained, idle)`` parameter counts of the host, the boosting group's excluded: ``trained`` have
+    ``requires_grad`` and sit in one of the host's optimizers (what it trains); ``idle`` have
+    ``requires_grad`` but sit in no optimizer. Frozen parameters an optimizer holds (hosts that give
+    Dassl's ``build_optimizer`` their whole model) are not counted."""
     boosting = {id(p) for p in group.parameters()}
-    seen = set()
+    optimized = {}
     for optim in getattr(trainer, "_optims", {}).values():
         for param_group in getattr(optim, "param_groups", []) if optim is not None else []:
-            seen.update((id(p), p.numel()) for p in param_group["params"] if id(p) not in boosting)
-    return sum(n for _, n in seen)
+            optimized.update((id(p), p) for p in param_group["params"])
+    trained = {key: p.numel() for key, p in optimized.items() if p.requires_grad and key not in boosting}
+    idle = {}
+    for module in _trainer_modules(trainer):
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in boosting and id(p) not in optimized:
+                idle[id(p)] = p.numel()
+    return sum(trained.values()), sum(idle.values())
+
+
+def _trainer_modules(trainer) -> list[nn.Module]:
+    modules = [value for value in vars(trainer).values() if isinstance(value, nn.Module)]
+    return modules + [m for m in getattr(trainer, "_models", {}).values() if isinstance(m, nn.Module)]
 
 
 def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> BoostingRecord:
@@ -174,12 +191,14 @@ def summary_line(trainer, adapter, group, artifact, path, anchors) -> str:
         placed.append(f"{encoder} {n} tokens x depth {depth}" + (f" (trained {trained})" if n and depth != trained else ""))
     frozen = sum(p.numel() for p in group.parameters() if not p.requires_grad)
     node = trainer.cfg.TRAINER.CASPL
+    trained, idle = host_learnable(trainer, group)
     return (
         f"CasPL: {type(trainer).__name__} via {adapter.name}: boosting {path} (sha256 {artifact.content_sha256[:16]}); "
         f"placed {', '.join(placed)}; depth rule {node.BOOSTING_DEPTH}; "
-        f"{frozen} frozen / {group_numel(group) - frozen} learnable boosting parameters; "
         f"anchor {node.ANCHOR}" + (f" ({'; '.join(anchors)})" if anchors else "") + "; "
-        f"host learnable parameters {_learnable_count(trainer, group)}"
+        f"host learnable parameters {trained} (requires_grad, in its optimizers"
+        + (f"; {idle} more with requires_grad are in no optimizer" if idle else "") + "), "
+        f"beside {frozen} frozen / {group_numel(group) - frozen} learnable boosting parameters"
     )
 
 
