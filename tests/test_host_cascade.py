@@ -274,7 +274,7 @@ def test_host_layouts_the_adapters_cannot_serve_are_refused_clearly(data_root, t
     from caspl_plugin.toy import domain
 
     boosting = random_artifact(tmp_path / "b.safetensors", text=(1, 4))
-    with pytest.raises(ValueError, match="class_token_position='middle'"):
+    with pytest.raises(ValueError, match="TRAINER.HOSTCOOP.CLASS_TOKEN_POSITION is 'middle'"):  # before the build
         build(data_root, tmp_path, "CasPL_HostCoOp", "TRAINER.HOSTCOOP.CLASS_TOKEN_POSITION", "middle",
               "TRAINER.CASPL.BOOSTING", boosting)
     with pytest.raises(ValueError, match="do not fit the context length 32") as error:  # SOS + 24 + name . EOS + 4 > 32

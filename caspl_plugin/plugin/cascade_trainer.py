@@ -6,7 +6,16 @@ boosting artifact named by ``TRAINER.CASPL.BOOSTING``, finds ``X``'s CLIP with a
 group. ``X``'s optimizer, losses, checkpoints and evaluation are untouched: the boosting tensors are
 never in ``X``'s optimizer. A small registered record carries the artifact's hash (with the depth rule
 and seed when ``BOOSTING_DEPTH method``) through Dassl's own checkpoints, so reloading with different
-boosting prompts is refused. The artifact is checked in ``check_cfg``, before ``X`` builds anything.
+boosting prompts is refused.
+
+What the trainer class and the config already show is decided before ``X`` builds anything (Dassl
+calls ``check_cfg`` first, before the data loader and the model): a trainer that cannot take boosting
+prompts has no ``CasPL_`` form at all (:func:`caspl_plugin.plugin.manager.cascade_refusal`); in
+``check_cfg`` the artifact is read and checked, the adapter that claims ``X`` refuses what it cannot
+serve (:meth:`ClipAdapter.check_config`), and a backbone open_clip knows by name is checked against the
+artifact (:func:`check_backbone`). What only the built model tells (which adapter, the CLIP's real
+geometry, a boosted anchor in a host's own model) is checked right after ``X.build_model``.
+
 
 One summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``),
 with the host's learnable parameters counted as the host trains them (``requires_grad``, in its
@@ -23,6 +32,7 @@ from torch import nn
 
 from ..artifacts.boosting import ArtifactMismatchError, BoostingArtifact
 from ..artifacts.store import ArtifactError
+from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
 from .config import BOOSTING_FILE
 
 logger = logging.getLogger(__name__)
@@ -74,12 +84,16 @@ def _modules_of(trainer) -> list[str]:
     return found
 
 
-def find_adapter(trainer):
-    """The first adapter that recognises the trainer's CLIP, and its handle."""
+def clip_adapters() -> list[ClipAdapter]:
+    """Every plugin's adapters, in the order they are tried (later-registered plugins first)."""
     from .manager import get_plugin_manager
 
-    hook_results = get_plugin_manager().hook.caspl_clip_adapters()
-    adapters = [adapter for result in hook_results if result for adapter in result]
+    return [adapter for result in get_plugin_manager().hook.caspl_clip_adapters() if result for adapter in result]
+
+
+def find_adapter(trainer):
+    """The first adapter that recognises the trainer's CLIP, and its handle."""
+    adapters = clip_adapters()
     for adapter in adapters:
         handle = adapter.find(trainer)
         if handle is not None:
@@ -117,6 +131,61 @@ def check_cascade_cfg(cfg, trainer_name: str) -> BoostingArtifact:
         raise ArtifactError(f"TRAINER.CASPL.BOOSTING: {error}") from error
     except Exception as error:  # unreadable file, not safetensors, ...
         raise ArtifactError(f"TRAINER.CASPL.BOOSTING: cannot read a boosting artifact from {path}: {error}") from error
+
+
+def check_backbone(cfg, artifact: BoostingArtifact) -> None:
+    """Before the host builds anything: ``MODEL.BACKBONE.NAME``, when open_clip knows the name, against
+    the artifact (widths, depths, an image tower that can hold vision tokens). Other names are checked
+    against the built CLIP only."""
+    name = str(cfg.MODEL.BACKBONE.NAME)
+    geometry = backbone_geometry(name)
+    if geometry is None:
+        return
+    learned_on = artifact.metadata["student"]["backbone"]
+    if geometry["vision_tower"] != "ViT":
+        if artifact.n_vision:
+            raise CascadeRefused(
+                f"MODEL.BACKBONE.NAME {name}: its image encoder is a {geometry['vision_tower']}, not a transformer, so "
+                f"the artifact's {artifact.n_vision} vision boosting tokens have nowhere to go; use the backbone the "
+                f"boosting prompts were learned on ({learned_on})"
+            )
+        return
+    try:
+        artifact.check_compatible(geometry)
+    except ArtifactMismatchError as error:
+        raise ArtifactMismatchError(
+            f"MODEL.BACKBONE.NAME {name} (checked before the host builds its model): {error}. Use the backbone the "
+            f"boosting prompts were learned on ({learned_on}), or TRAINER.CASPL.BOOSTING prompts learned on {name}"
+        ) from None
+
+
+def check_host(name: str, base: type, cfg, artifact: BoostingArtifact) -> Optional[ClipAdapter]:
+    """Decide ``name`` (``CasPL_<base>``) from the class and the config, before the host builds anything.
+
+    The adapters are asked in order whether ``base`` is theirs (:meth:`ClipAdapter.claim`); the first
+    that does not say "surely not" decides: a claiming adapter refuses what the config shows it cannot
+    serve (:meth:`ClipAdapter.check_config`), an undecided one leaves the question to the built model.
+    When every adapter says "surely not", ``base`` is refused here. Returns the claiming adapter, if any.
+    """
+    adapters = clip_adapters()
+    owner = None
+    for adapter in adapters:
+        verdict = adapter.claim(base, cfg)
+        if verdict is False:
+            continue
+        owner = adapter if verdict else None
+        break
+    else:
+        raise CascadeRefused(
+            f"{name}: no CLIP adapter ({', '.join(a.name for a in adapters) or 'none'}) "
+            f"serves trainer {base.__name__} ({base.__module__}). Write a ClipAdapter for its model "
+            "(caspl_plugin.plugin.adapters) and return it from a `caspl_clip_adapters` hook implementation "
+            "registered under the 'caspl_plugin' entry-point group."
+        )
+    if owner is not None:
+        owner.check_config(base, cfg, artifact)
+    check_backbone(cfg, artifact)
+    return owner
 
 
 def host_learnable(trainer, group) -> tuple[int, int]:
@@ -210,17 +279,18 @@ def make_cascade_trainer(base: type) -> type:
     """``CasPL_<base>``: ``base`` with the configured boosting prompts attached after it is built.
 
     ``check_cfg`` (run by Dassl before the data and the model are built) puts back ``base``'s config
-    node if a host's ``clean_cfg`` removed it and checks the artifact, so a bad
-    ``TRAINER.CASPL.BOOSTING`` fails before the host loads its CLIP.
+    node if a host's ``clean_cfg`` removed it, checks the artifact and decides what the class and the
+    config show (:func:`check_host`), so those refusals cost no model build.
     """
     from .cfg_guard import restore_node
-    from .manager import CASCADE_PREFIX
+    from .manager import CASCADE_BASE, CASCADE_PREFIX
 
     name = CASCADE_PREFIX + base.__name__
 
     def check_cfg(self, cfg):
         restore_node(cfg, base.__name__.upper())
         self._caspl_artifact = check_cascade_cfg(cfg, name)
+        check_host(name, base, cfg, self._caspl_artifact)
         base.check_cfg(self, cfg)
 
     def build_model(self):
@@ -230,6 +300,7 @@ def make_cascade_trainer(base: type) -> type:
     return type(name, (base,), {
         "check_cfg": check_cfg,
         "build_model": build_model,
+        CASCADE_BASE: base,
         "__module__": __name__,
         "__doc__": f"{base.__name__} with frozen CasPL boosting prompts (TRAINER.CASPL.BOOSTING) cascaded in.",
     })

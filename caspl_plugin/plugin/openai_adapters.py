@@ -17,22 +17,29 @@ placed with hooks in CasPL's token order (:mod:`caspl_plugin.prompts.layout`):
 The forks replace their own slices themselves (text ``x[1:1+n_ctx]``, vision the last ``n`` tokens);
 the boosting slices sit between the two, so both keep working. Modules outside the prompted encoders
 (PromptSRC's ``ZS_image_encoder`` and ``fixed_embeddings``) are never touched.
+
+Before the host builds anything, a trainer whose module uses OpenAI's ``clip`` package (``from clip
+import clip``: a module with ``_MODELS`` and ``tokenize``) is claimed, and what its config already
+shows these adapters cannot serve is refused: a ResNet backbone, a class token not at the end.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Optional, Sequence
 
 from torch import Tensor, nn
 
 from ..prompts import PromptGroup, insert_token_ids, insert_tokens, place_tokens, text_slot_start, vision_slot_start
 from ..prompts.tokens import rows_cut_off
-from .adapters import ClipAdapter
+from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BoostingHooks", "OpenAIClipHandle", "OpenAICoOpAdapter", "OpenAIDeepPromptAdapter", "openai_clip_adapters"]
+__all__ = ["BoostingHooks", "OpenAIClipHandle", "OpenAICoOpAdapter", "OpenAIDeepPromptAdapter", "openai_clip_adapters",
+           "uses_openai_clip"]
 
 #: attribute of the host's ``CustomCLIP`` holding the attached :class:`BoostingHooks`
 ATTACHED = "caspl_boosting"
@@ -60,6 +67,31 @@ def _custom_clip(trainer) -> Optional[nn.Module]:
     if _blocks(vision) is None or _blocks(text) is None or not isinstance(getattr(model.prompt_learner, "n_ctx", None), int):
         return None
     return model
+
+
+def _is_openai_clip_module(value) -> bool:
+    """OpenAI's ``clip.clip`` module or a fork's: ``_MODELS`` (name -> download URL) and ``tokenize``."""
+    return isinstance(value, ModuleType) and isinstance(getattr(value, "_MODELS", None), dict) \
+        and callable(getattr(value, "tokenize", None))
+
+
+def _openai_clip_modules(trainer_cls: type):
+    """``(host module, its clip module)`` for each module defining ``trainer_cls`` or a host base class of it
+    that holds OpenAI's ``clip`` package."""
+    for klass in trainer_cls.__mro__:
+        module = sys.modules.get(getattr(klass, "__module__", "") or "")
+        if module is None or module.__name__.split(".")[0] in ("dassl", "caspl_plugin", "builtins"):
+            continue
+        for value in vars(module).values():
+            if _is_openai_clip_module(value):
+                yield module, value
+                break
+
+
+def uses_openai_clip(trainer_cls: type) -> bool:
+    """True when a module defining ``trainer_cls`` or one of its host base classes holds OpenAI's ``clip``
+    package (``from clip import clip``, as CoOp and its forks write it): decided from the class alone."""
+    return next(_openai_clip_modules(trainer_cls), None) is not None
 
 
 def _deep_prompt_counts(encoder: nn.Module) -> set[int]:
@@ -265,6 +297,31 @@ class _OpenAIClipAdapter(ClipAdapter):
         backbone = str(cfg.MODEL.BACKBONE.NAME) if cfg is not None else type(model.image_encoder).__name__
         return OpenAIClipHandle(model, backbone, family, int(model.prompt_learner.n_ctx), n_vision,
                                 _class_names(trainer, model), _host_depth(model, family))
+
+    # ---- before the host builds anything -------------------------------------------------------
+    def claim(self, trainer_cls, cfg) -> Optional[bool]:
+        """True for hosts whose module uses OpenAI's ``clip`` (their config checks apply); which of these
+        adapters serves one, and whether any does, only the built model tells. None for other hosts."""
+        return True if uses_openai_clip(trainer_cls) else None
+
+    def check_config(self, trainer_cls, cfg, artifact) -> None:
+        name = str(cfg.MODEL.BACKBONE.NAME)
+        geometry = backbone_geometry(name)
+        if geometry is not None and geometry.get("vision_tower") != "ViT":
+            raise CascadeRefused(
+                f"MODEL.BACKBONE.NAME {name}: its image encoder is a {geometry['vision_tower']}, and the OpenAI-clip "
+                f"adapters place boosting prompts in CLIP's ViT towers only; use the ViT backbone the boosting "
+                f"prompts were learned on ({artifact.metadata['student']['backbone']})"
+            )
+        node_name = trainer_cls.__name__.upper()
+        node = cfg.TRAINER.get(node_name)
+        position = node.get("CLASS_TOKEN_POSITION") if node is not None and hasattr(node, "get") else None
+        if position is not None and position != "end":
+            raise CascadeRefused(
+                f"TRAINER.{node_name}.CLASS_TOKEN_POSITION is {position!r}: CasPL places the boosting text tokens "
+                "right after the host's context tokens ([SOS][context][boosting][class . EOS]), which needs the "
+                "class token at the end; set it to 'end'"
+            )
 
     def prompt_depth(self, handle: OpenAIClipHandle) -> Optional[tuple[int, int]]:
         return handle.depth

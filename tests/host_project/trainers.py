@@ -18,6 +18,7 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint
 
+from . import openai_clip as clip  # noqa: F401  (as CoOp's trainers import OpenAI's: `from clip import clip`)
 from .openai_clip import build_clip, to_fp16, tokenizer
 
 
