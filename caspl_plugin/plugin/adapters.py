@@ -66,6 +66,10 @@ class ClipAdapter:
         :class:`CascadeRefused` for what the config already shows it cannot serve (its backbone, its
         prompt layout, a boosted anchor it does not have)."""
 
+    def unplaced(self, handle) -> dict[str, str]:
+        """Encoders of the boosting group this host cannot take, each with the reason (empty: all placed)."""
+        return {}
+
     def find(self, trainer) -> Optional[Any]:
         """A handle on the trainer's CLIP (any object the other methods understand), or None."""
         raise NotImplementedError

@@ -16,7 +16,6 @@ serve (:meth:`ClipAdapter.check_config`), and a backbone open_clip knows by name
 artifact (:func:`check_backbone`). What only the built model tells (which adapter, the CLIP's real
 geometry, a boosted anchor in a host's own model) is checked right after ``X.build_model``.
 
-
 One summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``),
 with the host's learnable parameters counted as the host trains them (``requires_grad``, in its
 optimizers) beside the boosting parameters.
@@ -230,6 +229,16 @@ def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> Boo
             logger.info("CasPL: BOOSTING_DEPTH method: %s has no deep prompts of its own; keeping the artifact's depth", adapter.name)
     group = boosting_group_from_artifact(artifact, adapter.geometry(handle), learnable=learnable,
                                          method_depth=method_depth, seed=int(node.BOOSTING_SEED)).to(trainer.device)
+    unplaced = adapter.unplaced(handle)
+    with_tokens = [encoder for encoder, n in (("text", group.spec.n_text), ("vision", group.spec.n_vision)) if n]
+    if with_tokens and all(encoder in unplaced for encoder in with_tokens):
+        raise CascadeRefused(
+            f"{type(trainer).__name__}: the boosting artifact has {' and '.join(with_tokens)} tokens only, and "
+            f"{adapter.name} cannot place them: " + "; ".join(unplaced[e] for e in with_tokens)
+        )
+    for encoder in with_tokens:
+        if encoder in unplaced:
+            logger.warning("CasPL: the %s boosting tokens are not placed in %s: %s", encoder, type(trainer).__name__, unplaced[encoder])
     adapter.attach(handle, group, trainer)
     anchors: list[str] = []
     if node.ANCHOR == "boosted":
@@ -247,16 +256,19 @@ def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> Boo
         trainer.register_model("boosting", group, optim, build_lr_scheduler(optim, cfg.OPTIM))
     record = BoostingRecord(group.placement_sha256, path).to(trainer.device)
     trainer.register_model(RECORD, record, None, None)
-    print(summary_line(trainer, adapter, group, artifact, path, anchors), flush=True)  # Dassl's log.txt
+    print(summary_line(trainer, adapter, group, artifact, path, anchors, unplaced), flush=True)  # Dassl's log.txt
     return record
 
 
-def summary_line(trainer, adapter, group, artifact, path, anchors) -> str:
+def summary_line(trainer, adapter, group, artifact, path, anchors, unplaced=None) -> str:
     """The one line recording the cascade in Dassl's log."""
-    spec = group.spec
+    spec, unplaced = group.spec, unplaced or {}
     placed = []
     for encoder, n, depth, trained in (("text", spec.n_text, spec.depth_text, artifact.depth_text),
                                        ("vision", spec.n_vision, spec.depth_vision, artifact.depth_vision)):
+        if n and encoder in unplaced:
+            placed.append(f"{encoder} {n} tokens NOT placed ({unplaced[encoder]})")
+            continue
         placed.append(f"{encoder} {n} tokens x depth {depth}" + (f" (trained {trained})" if n and depth != trained else ""))
     frozen = sum(p.numel() for p in group.parameters() if not p.requires_grad)
     node = trainer.cfg.TRAINER.CASPL
@@ -275,12 +287,29 @@ def group_numel(group) -> int:
     return sum(p.numel() for p in group.parameters())
 
 
+def check_trains_something(trainer, base: type) -> None:
+    """Refuse ``train()`` at once when nothing would learn (a zero-shot host, boosting prompts frozen)."""
+    group = getattr(trainer, "boosting_group", None)
+    if group is None:
+        return
+    trained, _ = host_learnable(trainer, group)
+    if trained or any(p.requires_grad for p in group.parameters()):
+        return
+    name = type(trainer).__name__
+    raise CascadeRefused(
+        f"{name} has nothing to train: {base.__name__} has no parameter with requires_grad in an "
+        "optimizer, and the boosting prompts are frozen. It evaluates the model with the boosting prompts "
+        f"(for ZeroshotCLIP: zero-shot CLIP + boosting prompts): run it with --eval-only (trainer.test())."
+    )
+
+
 def make_cascade_trainer(base: type) -> type:
     """``CasPL_<base>``: ``base`` with the configured boosting prompts attached after it is built.
 
     ``check_cfg`` (run by Dassl before the data and the model are built) puts back ``base``'s config
     node if a host's ``clean_cfg`` removed it, checks the artifact and decides what the class and the
-    config show (:func:`check_host`), so those refusals cost no model build.
+    config show (:func:`check_host`), so those refusals cost no model build. ``train()`` refuses at once
+    when nothing would learn.
     """
     from .cfg_guard import restore_node
     from .manager import CASCADE_BASE, CASCADE_PREFIX
@@ -297,9 +326,14 @@ def make_cascade_trainer(base: type) -> type:
         base.build_model(self)
         attach_boosting(self, getattr(self, "_caspl_artifact", None))
 
+    def train(self, *args, **kwargs):
+        check_trains_something(self, base)
+        return base.train(self, *args, **kwargs)
+
     return type(name, (base,), {
         "check_cfg": check_cfg,
         "build_model": build_model,
+        "train": train,
         CASCADE_BASE: base,
         "__module__": __name__,
         "__doc__": f"{base.__name__} with frozen CasPL boosting prompts (TRAINER.CASPL.BOOSTING) cascaded in.",
