@@ -11,8 +11,8 @@ pytest.importorskip("dassl")
 import torch  # noqa: E402
 
 from helpers_dassl import make_dtd  # noqa: E402
-from helpers_hosts import (BASE, HOST_GEOMETRY, TEXT_WIDTH, TINY, VISION_WIDTH, build, images,  # noqa: E402,F401
-                           random_artifact, save_artifact)
+from helpers_hosts import (BASE, HOST_GEOMETRY, TEXT_WIDTH, TINY, VISION_WIDTH, build, hand_image,  # noqa: E402,F401
+                           images, random_artifact, run_block, save_artifact, seq_first)
 from host_project import trainers as host  # noqa: E402  (registers the host's trainers)
 from host_project.openai_clip import build_clip, tokenizer  # noqa: E402
 
@@ -24,33 +24,6 @@ def data_root(tmp_path_factory):
 
 
 # --- hand-built forward passes from the host's own modules ----------------------------------------
-
-def run_block(block, x):
-    """A block's own computation, without any prompt replacement (the host's or ours)."""
-    x = x + block.attention(block.ln_1(x))
-    return x + block.mlp(block.ln_2(x))
-
-
-def seq_first(tokens, rows):
-    return tokens.unsqueeze(1).expand(-1, rows, -1)
-
-
-def hand_image(tower, pixels, boosting):
-    """``[CLS][patches] + pos, [boosting][host VPT]`` -> ln_pre -> blocks, each prompt slice replaced up to its depth."""
-    blocks = tower.transformer.resblocks
-    host = [None] + [getattr(b, "VPT_shallow", None) for b in blocks[1:]]
-    x = tower.conv1(pixels).flatten(2).transpose(1, 2)
-    x = torch.cat([tower.class_embedding.expand(len(pixels), 1, -1), x], dim=1) + tower.positional_embedding
-    layer0 = [boosting[0]] + ([tower.VPT] if hasattr(tower, "VPT") else [])
-    x = torch.cat([x] + [t.expand(len(pixels), -1, -1) for t in layer0], dim=1)
-    x = tower.ln_pre.forward(x).permute(1, 0, 2)  # forward(): without the hooks under test
-    nb = boosting.shape[1]
-    for i, block in enumerate(blocks):
-        ours = seq_first(boosting[i], len(pixels)) if 0 < i < len(boosting) else x[BASE:BASE + nb]
-        theirs = seq_first(host[i], len(pixels)) if host[i] is not None else x[BASE + nb:]
-        x = run_block(block, torch.cat([x[:BASE], ours, theirs]))
-    return tower.ln_post(x[0]) @ tower.proj
-
 
 def hand_text(encoder, learner, boosting, eot):
     """``[SOS][host ctx][boosting][class . EOS]`` + pos -> blocks with both deep slices replaced -> EOT feature."""
@@ -274,7 +247,7 @@ def test_host_layouts_the_adapters_cannot_serve_are_refused_clearly(data_root, t
     from caspl_plugin.toy import domain
 
     boosting = random_artifact(tmp_path / "b.safetensors", text=(1, 4))
-    with pytest.raises(ValueError, match="class_token_position='middle'"):
+    with pytest.raises(ValueError, match="TRAINER.HOSTCOOP.CLASS_TOKEN_POSITION is 'middle'"):  # before the build
         build(data_root, tmp_path, "CasPL_HostCoOp", "TRAINER.HOSTCOOP.CLASS_TOKEN_POSITION", "middle",
               "TRAINER.CASPL.BOOSTING", boosting)
     with pytest.raises(ValueError, match="do not fit the context length 32") as error:  # SOS + 24 + name . EOS + 4 > 32

@@ -6,8 +6,19 @@ boosting artifact named by ``TRAINER.CASPL.BOOSTING``, finds ``X``'s CLIP with a
 group. ``X``'s optimizer, losses, checkpoints and evaluation are untouched: the boosting tensors are
 never in ``X``'s optimizer. A small registered record carries the artifact's hash (with the depth rule
 and seed when ``BOOSTING_DEPTH method``) through Dassl's own checkpoints, so reloading with different
-boosting prompts is refused. The artifact is checked in ``check_cfg``, before ``X`` builds anything;
-one summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``).
+boosting prompts is refused.
+
+What the trainer class and the config already show is decided before ``X`` builds anything (Dassl
+calls ``check_cfg`` first, before the data loader and the model): a trainer that cannot take boosting
+prompts has no ``CasPL_`` form at all (:func:`caspl_plugin.plugin.manager.cascade_refusal`); in
+``check_cfg`` the artifact is read and checked, the adapter that claims ``X`` refuses what it cannot
+serve (:meth:`ClipAdapter.check_config`), and a backbone open_clip knows by name is checked against the
+artifact (:func:`check_backbone`). What only the built model tells (which adapter, the CLIP's real
+geometry, a boosted anchor in a host's own model) is checked right after ``X.build_model``.
+
+One summary line goes to Dassl's log (stdout, which Dassl's ``setup_logger`` copies into ``log.txt``),
+with the host's learnable parameters counted as the host trains them (``requires_grad``, in its
+optimizers) beside the boosting parameters.
 """
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ from torch import nn
 
 from ..artifacts.boosting import ArtifactMismatchError, BoostingArtifact
 from ..artifacts.store import ArtifactError
+from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
 from .config import BOOSTING_FILE
 
 logger = logging.getLogger(__name__)
@@ -71,12 +83,16 @@ def _modules_of(trainer) -> list[str]:
     return found
 
 
-def find_adapter(trainer):
-    """The first adapter that recognises the trainer's CLIP, and its handle."""
+def clip_adapters() -> list[ClipAdapter]:
+    """Every plugin's adapters, in the order they are tried (later-registered plugins first)."""
     from .manager import get_plugin_manager
 
-    hook_results = get_plugin_manager().hook.caspl_clip_adapters()
-    adapters = [adapter for result in hook_results if result for adapter in result]
+    return [adapter for result in get_plugin_manager().hook.caspl_clip_adapters() if result for adapter in result]
+
+
+def find_adapter(trainer):
+    """The first adapter that recognises the trainer's CLIP, and its handle."""
+    adapters = clip_adapters()
     for adapter in adapters:
         handle = adapter.find(trainer)
         if handle is not None:
@@ -116,14 +132,83 @@ def check_cascade_cfg(cfg, trainer_name: str) -> BoostingArtifact:
         raise ArtifactError(f"TRAINER.CASPL.BOOSTING: cannot read a boosting artifact from {path}: {error}") from error
 
 
-def _learnable_count(trainer, group) -> int:
-    """Parameters in the host's optimizers (what the host trains), the boosting group's excluded."""
+def check_backbone(cfg, artifact: BoostingArtifact) -> None:
+    """Before the host builds anything: ``MODEL.BACKBONE.NAME``, when open_clip knows the name, against
+    the artifact (widths, depths, an image tower that can hold vision tokens). Other names are checked
+    against the built CLIP only."""
+    name = str(cfg.MODEL.BACKBONE.NAME)
+    geometry = backbone_geometry(name)
+    if geometry is None:
+        return
+    learned_on = artifact.metadata["student"]["backbone"]
+    if geometry["vision_tower"] != "ViT":
+        if artifact.n_vision:
+            raise CascadeRefused(
+                f"MODEL.BACKBONE.NAME {name}: its image encoder is a {geometry['vision_tower']}, not a transformer, so "
+                f"the artifact's {artifact.n_vision} vision boosting tokens have nowhere to go; use the backbone the "
+                f"boosting prompts were learned on ({learned_on})"
+            )
+        return
+    try:
+        artifact.check_compatible(geometry)
+    except ArtifactMismatchError as error:
+        raise ArtifactMismatchError(
+            f"MODEL.BACKBONE.NAME {name} (checked before the host builds its model): {error}. Use the backbone the "
+            f"boosting prompts were learned on ({learned_on}), or TRAINER.CASPL.BOOSTING prompts learned on {name}"
+        ) from None
+
+
+def check_host(name: str, base: type, cfg, artifact: BoostingArtifact) -> Optional[ClipAdapter]:
+    """Decide ``name`` (``CasPL_<base>``) from the class and the config, before the host builds anything.
+
+    The adapters are asked in order whether ``base`` is theirs (:meth:`ClipAdapter.claim`); the first
+    that does not say "surely not" decides: a claiming adapter refuses what the config shows it cannot
+    serve (:meth:`ClipAdapter.check_config`), an undecided one leaves the question to the built model.
+    When every adapter says "surely not", ``base`` is refused here. Returns the claiming adapter, if any.
+    """
+    adapters = clip_adapters()
+    owner = None
+    for adapter in adapters:
+        verdict = adapter.claim(base, cfg)
+        if verdict is False:
+            continue
+        owner = adapter if verdict else None
+        break
+    else:
+        raise CascadeRefused(
+            f"{name}: no CLIP adapter ({', '.join(a.name for a in adapters) or 'none'}) "
+            f"serves trainer {base.__name__} ({base.__module__}). Write a ClipAdapter for its model "
+            "(caspl_plugin.plugin.adapters) and return it from a `caspl_clip_adapters` hook implementation "
+            "registered under the 'caspl_plugin' entry-point group."
+        )
+    if owner is not None:
+        owner.check_config(base, cfg, artifact)
+    check_backbone(cfg, artifact)
+    return owner
+
+
+def host_learnable(trainer, group) -> tuple[int, int]:
+    """``(trained, idle)`` parameter counts of the host, the boosting group's excluded: ``trained`` have
+    ``requires_grad`` and sit in one of the host's optimizers (what it trains); ``idle`` have
+    ``requires_grad`` but sit in no optimizer. Frozen parameters an optimizer holds (hosts that give
+    Dassl's ``build_optimizer`` their whole model) are not counted."""
     boosting = {id(p) for p in group.parameters()}
-    seen = set()
+    optimized = {}
     for optim in getattr(trainer, "_optims", {}).values():
         for param_group in getattr(optim, "param_groups", []) if optim is not None else []:
-            seen.update((id(p), p.numel()) for p in param_group["params"] if id(p) not in boosting)
-    return sum(n for _, n in seen)
+            optimized.update((id(p), p) for p in param_group["params"])
+    trained = {key: p.numel() for key, p in optimized.items() if p.requires_grad and key not in boosting}
+    idle = {}
+    for module in _trainer_modules(trainer):
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in boosting and id(p) not in optimized:
+                idle[id(p)] = p.numel()
+    return sum(trained.values()), sum(idle.values())
+
+
+def _trainer_modules(trainer) -> list[nn.Module]:
+    modules = [value for value in vars(trainer).values() if isinstance(value, nn.Module)]
+    return modules + [m for m in getattr(trainer, "_models", {}).values() if isinstance(m, nn.Module)]
 
 
 def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> BoostingRecord:
@@ -144,6 +229,16 @@ def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> Boo
             logger.info("CasPL: BOOSTING_DEPTH method: %s has no deep prompts of its own; keeping the artifact's depth", adapter.name)
     group = boosting_group_from_artifact(artifact, adapter.geometry(handle), learnable=learnable,
                                          method_depth=method_depth, seed=int(node.BOOSTING_SEED)).to(trainer.device)
+    unplaced = adapter.unplaced(handle)
+    with_tokens = [encoder for encoder, n in (("text", group.spec.n_text), ("vision", group.spec.n_vision)) if n]
+    if with_tokens and all(encoder in unplaced for encoder in with_tokens):
+        raise CascadeRefused(
+            f"{type(trainer).__name__}: the boosting artifact has {' and '.join(with_tokens)} tokens only, and "
+            f"{adapter.name} cannot place them: " + "; ".join(unplaced[e] for e in with_tokens)
+        )
+    for encoder in with_tokens:
+        if encoder in unplaced:
+            logger.warning("CasPL: the %s boosting tokens are not placed in %s: %s", encoder, type(trainer).__name__, unplaced[encoder])
     adapter.attach(handle, group, trainer)
     anchors: list[str] = []
     if node.ANCHOR == "boosted":
@@ -161,25 +256,30 @@ def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> Boo
         trainer.register_model("boosting", group, optim, build_lr_scheduler(optim, cfg.OPTIM))
     record = BoostingRecord(group.placement_sha256, path).to(trainer.device)
     trainer.register_model(RECORD, record, None, None)
-    print(summary_line(trainer, adapter, group, artifact, path, anchors), flush=True)  # Dassl's log.txt
+    print(summary_line(trainer, adapter, group, artifact, path, anchors, unplaced), flush=True)  # Dassl's log.txt
     return record
 
 
-def summary_line(trainer, adapter, group, artifact, path, anchors) -> str:
+def summary_line(trainer, adapter, group, artifact, path, anchors, unplaced=None) -> str:
     """The one line recording the cascade in Dassl's log."""
-    spec = group.spec
+    spec, unplaced = group.spec, unplaced or {}
     placed = []
     for encoder, n, depth, trained in (("text", spec.n_text, spec.depth_text, artifact.depth_text),
                                        ("vision", spec.n_vision, spec.depth_vision, artifact.depth_vision)):
+        if n and encoder in unplaced:
+            placed.append(f"{encoder} {n} tokens NOT placed ({unplaced[encoder]})")
+            continue
         placed.append(f"{encoder} {n} tokens x depth {depth}" + (f" (trained {trained})" if n and depth != trained else ""))
     frozen = sum(p.numel() for p in group.parameters() if not p.requires_grad)
     node = trainer.cfg.TRAINER.CASPL
+    trained, idle = host_learnable(trainer, group)
     return (
         f"CasPL: {type(trainer).__name__} via {adapter.name}: boosting {path} (sha256 {artifact.content_sha256[:16]}); "
         f"placed {', '.join(placed)}; depth rule {node.BOOSTING_DEPTH}; "
-        f"{frozen} frozen / {group_numel(group) - frozen} learnable boosting parameters; "
         f"anchor {node.ANCHOR}" + (f" ({'; '.join(anchors)})" if anchors else "") + "; "
-        f"host learnable parameters {_learnable_count(trainer, group)}"
+        f"host learnable parameters {trained} (requires_grad, in its optimizers"
+        + (f"; {idle} more with requires_grad are in no optimizer" if idle else "") + "), "
+        f"beside {frozen} frozen / {group_numel(group) - frozen} learnable boosting parameters"
     )
 
 
@@ -187,30 +287,54 @@ def group_numel(group) -> int:
     return sum(p.numel() for p in group.parameters())
 
 
+def check_trains_something(trainer, base: type) -> None:
+    """Refuse ``train()`` at once when nothing would learn (a zero-shot host, boosting prompts frozen)."""
+    group = getattr(trainer, "boosting_group", None)
+    if group is None:
+        return
+    trained, _ = host_learnable(trainer, group)
+    if trained or any(p.requires_grad for p in group.parameters()):
+        return
+    name = type(trainer).__name__
+    raise CascadeRefused(
+        f"{name} has nothing to train: {base.__name__} has no parameter with requires_grad in an "
+        "optimizer, and the boosting prompts are frozen. It evaluates the model with the boosting prompts "
+        f"(for ZeroshotCLIP: zero-shot CLIP + boosting prompts): run it with --eval-only (trainer.test())."
+    )
+
+
 def make_cascade_trainer(base: type) -> type:
     """``CasPL_<base>``: ``base`` with the configured boosting prompts attached after it is built.
 
     ``check_cfg`` (run by Dassl before the data and the model are built) puts back ``base``'s config
-    node if a host's ``clean_cfg`` removed it and checks the artifact, so a bad
-    ``TRAINER.CASPL.BOOSTING`` fails before the host loads its CLIP.
+    node if a host's ``clean_cfg`` removed it, checks the artifact and decides what the class and the
+    config show (:func:`check_host`), so those refusals cost no model build. ``train()`` refuses at once
+    when nothing would learn.
     """
     from .cfg_guard import restore_node
-    from .manager import CASCADE_PREFIX
+    from .manager import CASCADE_BASE, CASCADE_PREFIX
 
     name = CASCADE_PREFIX + base.__name__
 
     def check_cfg(self, cfg):
         restore_node(cfg, base.__name__.upper())
         self._caspl_artifact = check_cascade_cfg(cfg, name)
+        check_host(name, base, cfg, self._caspl_artifact)
         base.check_cfg(self, cfg)
 
     def build_model(self):
         base.build_model(self)
         attach_boosting(self, getattr(self, "_caspl_artifact", None))
 
+    def train(self, *args, **kwargs):
+        check_trains_something(self, base)
+        return base.train(self, *args, **kwargs)
+
     return type(name, (base,), {
         "check_cfg": check_cfg,
         "build_model": build_model,
+        "train": train,
+        CASCADE_BASE: base,
         "__module__": __name__,
         "__doc__": f"{base.__name__} with frozen CasPL boosting prompts (TRAINER.CASPL.BOOSTING) cascaded in.",
     })

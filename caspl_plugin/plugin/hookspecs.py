@@ -50,3 +50,11 @@ def caspl_clip_adapters():
     """Return CLIP adapters (objects of :class:`~caspl_plugin.plugin.adapters.ClipAdapter` type)
     that recognise the CLIP inside a host model and attach boosting prompts to it. Adapters from
     later-registered plugins are tried first."""
+
+
+@hookspec
+def caspl_cascade_refusal(trainer):
+    """Return why ``CasPL_<trainer>`` cannot work, decided from the trainer class alone (a string), or
+    None. Asked when ``CasPL_<name>`` is looked up, before anything is built: a refused trainer has no
+    ``CasPL_`` form, and asking for one gives this reason (e.g. a phase-1 trainer that learns the
+    boosting prompts itself)."""

@@ -17,22 +17,43 @@ placed with hooks in CasPL's token order (:mod:`caspl_plugin.prompts.layout`):
 The forks replace their own slices themselves (text ``x[1:1+n_ctx]``, vision the last ``n`` tokens);
 the boosting slices sit between the two, so both keep working. Modules outside the prompted encoders
 (PromptSRC's ``ZS_image_encoder`` and ``fixed_embeddings``) are never touched.
+
+Vision-only hosts (VPT: prompts in the image tower, class text features computed once from a fixed
+template when the host builds its model) get the vision boosting tokens only: their text side has no
+prompt path, and the summary line says the text tokens were not placed.
+
+Zero-shot hosts (CoOp's ``ZeroshotCLIP``: the trainer's ``clip_model`` and the class ``text_features``
+it computed once from its dataset template) get the boosting group in ``clip_model`` itself, with the
+token primitives of the boosted anchors (:class:`~caspl_plugin.plugin.openai_anchors.AnchorHooks`:
+``[SOS][boosting][template . EOS]``, ``[CLS][patches][boosting]``); the class features are recomputed
+once — after checking that the host's own features are CLIP's features of ``CUSTOM_TEMPLATES`` (the
+host module's, else CoOp's table) for its classes. Hosts whose features are something else (a template
+ensemble) get the vision tokens only.
+
+Before the host builds anything, a trainer whose module uses OpenAI's ``clip`` package (``from clip
+import clip``: a module with ``_MODELS`` and ``tokenize``) is claimed, and what its config already
+shows these adapters cannot serve is refused: a ResNet backbone, a class token not at the end.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..prompts import PromptGroup, insert_token_ids, insert_tokens, place_tokens, text_slot_start, vision_slot_start
 from ..prompts.tokens import rows_cut_off
-from .adapters import ClipAdapter
+from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
+from .openai_anchors import AnchorHooks, is_openai_clip, is_vision_tower
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BoostingHooks", "OpenAIClipHandle", "OpenAICoOpAdapter", "OpenAIDeepPromptAdapter", "openai_clip_adapters"]
+__all__ = ["BoostingHooks", "OpenAIClipHandle", "OpenAICoOpAdapter", "OpenAIDeepPromptAdapter", "OpenAIVisionPromptAdapter",
+           "OpenAIZeroshotAdapter", "ZeroshotHandle", "openai_clip_adapters", "uses_openai_clip"]
 
 #: attribute of the host's ``CustomCLIP`` holding the attached :class:`BoostingHooks`
 ATTACHED = "caspl_boosting"
@@ -47,19 +68,64 @@ def _blocks(encoder: nn.Module) -> Optional[nn.Sequential]:
     return blocks if isinstance(blocks, nn.Sequential) else None
 
 
-def _custom_clip(trainer) -> Optional[nn.Module]:
-    """The trainer's CoOp-style ``CustomCLIP`` around an OpenAI-layout CLIP, or None."""
+def _host_model(trainer) -> Optional[nn.Module]:
     model = getattr(trainer, "model", None)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
-    if not isinstance(model, nn.Module) or not all(hasattr(model, part) for part in _MODEL_PARTS):
-        return None
-    vision, text = model.image_encoder, model.text_encoder
+    return model if isinstance(model, nn.Module) else None
+
+
+def _has_towers(model: nn.Module) -> bool:
+    """An OpenAI-layout ViT image tower and text encoder (``image_encoder``, ``text_encoder``)."""
+    vision, text = getattr(model, "image_encoder", None), getattr(model, "text_encoder", None)
+    if vision is None or text is None:
+        return False
     if not all(hasattr(vision, part) for part in _VISION_PARTS) or not all(hasattr(text, part) for part in _TEXT_PARTS):
+        return False
+    return _blocks(vision) is not None and _blocks(text) is not None
+
+
+def _custom_clip(trainer) -> Optional[nn.Module]:
+    """The trainer's CoOp-style ``CustomCLIP`` around an OpenAI-layout CLIP, or None."""
+    model = _host_model(trainer)
+    if model is None or not all(hasattr(model, part) for part in _MODEL_PARTS) or not _has_towers(model):
         return None
-    if _blocks(vision) is None or _blocks(text) is None or not isinstance(getattr(model.prompt_learner, "n_ctx", None), int):
+    if not isinstance(getattr(model.prompt_learner, "n_ctx", None), int):
         return None
     return model
+
+
+def _vision_prompt_clip(trainer) -> Optional[nn.Module]:
+    """The trainer's VPT-style model: an OpenAI-layout CLIP's towers and ``logit_scale``, no prompt learner."""
+    model = _host_model(trainer)
+    if model is None or hasattr(model, "prompt_learner") or not hasattr(model, "logit_scale") or not _has_towers(model):
+        return None
+    return model
+
+
+def _is_openai_clip_module(value) -> bool:
+    """OpenAI's ``clip.clip`` module or a fork's: ``_MODELS`` (name -> download URL) and ``tokenize``."""
+    return isinstance(value, ModuleType) and isinstance(getattr(value, "_MODELS", None), dict) \
+        and callable(getattr(value, "tokenize", None))
+
+
+def _openai_clip_modules(trainer_cls: type):
+    """``(host module, its clip module)`` for each module defining ``trainer_cls`` or a host base class of it
+    that holds OpenAI's ``clip`` package."""
+    for klass in trainer_cls.__mro__:
+        module = sys.modules.get(getattr(klass, "__module__", "") or "")
+        if module is None or module.__name__.split(".")[0] in ("dassl", "caspl_plugin", "builtins"):
+            continue
+        for value in vars(module).values():
+            if _is_openai_clip_module(value):
+                yield module, value
+                break
+
+
+def uses_openai_clip(trainer_cls: type) -> bool:
+    """True when a module defining ``trainer_cls`` or one of its host base classes holds OpenAI's ``clip``
+    package (``from clip import clip``, as CoOp and its forks write it): decided from the class alone."""
+    return next(_openai_clip_modules(trainer_cls), None) is not None
 
 
 def _deep_prompt_counts(encoder: nn.Module) -> set[int]:
@@ -74,12 +140,12 @@ def _deep_prompt_counts(encoder: nn.Module) -> set[int]:
 
 
 def _host_depth(model: nn.Module, family: str) -> Optional[tuple[int, int]]:
-    """``(text, vision)`` depth of an IVLP/MaPLe fork's own prompts: layer 0 plus the deep blocks."""
+    """``(text, vision)`` depth of an IVLP/MaPLe/VPT fork's own prompts: layer 0 plus the deep blocks."""
     if family == "MaPLe":
         deep = getattr(model.prompt_learner, "compound_prompts_text", None)
         depth = 1 + len(deep) if deep is not None else 1
         return depth, depth
-    if family == "IVLP":
+    if family in ("IVLP", "VPT"):
         def depth(encoder):
             return 1 + sum(isinstance(getattr(b, "VPT_shallow", None), nn.Parameter) for b in _blocks(encoder))
 
@@ -88,7 +154,7 @@ def _host_depth(model: nn.Module, family: str) -> Optional[tuple[int, int]]:
 
 
 def _class_names(trainer, model) -> list[str]:
-    names = getattr(model.prompt_learner, "classnames", None)
+    names = getattr(getattr(model, "prompt_learner", None), "classnames", None)
     if names is None:
         names = getattr(getattr(getattr(trainer, "dm", None), "dataset", None), "classnames", None)
     return list(names or [])
@@ -106,6 +172,8 @@ class OpenAIClipHandle:
     class_names: Sequence[str] = ()
     #: ``(text, vision)`` depth of the host's own deep prompts; None for CoOp/CoCoOp hosts
     depth: Optional[tuple[int, int]] = None
+    #: why the boosting text tokens cannot be placed (a host without a prompted text path, VPT); None: they can
+    no_text_path: Optional[str] = None
 
     @property
     def vision_base_length(self) -> int:
@@ -156,7 +224,7 @@ class BoostingHooks:
             raise RuntimeError(f"{type(model).__name__} already has boosting prompts attached; remove() them first")
         text, vision = self.group.text, self.group.vision
         try:
-            if text is not None:
+            if text is not None and self.handle.no_text_path is None:
                 self._shift_token_ids(text.shape[1])
                 self._hook_text_layer0()
                 self._hook_blocks(_blocks(model.text_encoder), "text", self.text_start)
@@ -255,16 +323,53 @@ class _OpenAIClipAdapter(ClipAdapter):
         """``(family, number of host vision prompts)`` when ``model`` is this adapter's, else None."""
         raise NotImplementedError
 
+    def host_model(self, trainer) -> Optional[nn.Module]:
+        """The trainer's model in the layout this adapter reads, or None."""
+        return _custom_clip(trainer)
+
     def find(self, trainer) -> Optional[OpenAIClipHandle]:
-        model = _custom_clip(trainer)
+        model = self.host_model(trainer)
         found = None if model is None else self.host_prompts(model)
         if found is None:
             return None
         family, n_vision = found
         cfg = getattr(trainer, "cfg", None)
         backbone = str(cfg.MODEL.BACKBONE.NAME) if cfg is not None else type(model.image_encoder).__name__
-        return OpenAIClipHandle(model, backbone, family, int(model.prompt_learner.n_ctx), n_vision,
-                                _class_names(trainer, model), _host_depth(model, family))
+        learner = getattr(model, "prompt_learner", None)
+        return OpenAIClipHandle(model, backbone, family, int(learner.n_ctx) if learner is not None else 0, n_vision,
+                                _class_names(trainer, model), _host_depth(model, family), self.no_text_path(model, family))
+
+    def no_text_path(self, model: nn.Module, family: str) -> Optional[str]:
+        """Why the boosting text tokens cannot be placed in this host; None when they can."""
+        return None
+
+    def unplaced(self, handle: OpenAIClipHandle) -> dict[str, str]:
+        return {"text": handle.no_text_path} if handle.no_text_path else {}
+
+    # ---- before the host builds anything -------------------------------------------------------
+    def claim(self, trainer_cls, cfg) -> Optional[bool]:
+        """True for hosts whose module uses OpenAI's ``clip`` (their config checks apply); which of these
+        adapters serves one, and whether any does, only the built model tells. None for other hosts."""
+        return True if uses_openai_clip(trainer_cls) else None
+
+    def check_config(self, trainer_cls, cfg, artifact) -> None:
+        name = str(cfg.MODEL.BACKBONE.NAME)
+        geometry = backbone_geometry(name)
+        if geometry is not None and geometry.get("vision_tower") != "ViT":
+            raise CascadeRefused(
+                f"MODEL.BACKBONE.NAME {name}: its image encoder is a {geometry['vision_tower']}, and the OpenAI-clip "
+                f"adapters place boosting prompts in CLIP's ViT towers only; use the ViT backbone the boosting "
+                f"prompts were learned on ({artifact.metadata['student']['backbone']})"
+            )
+        node_name = trainer_cls.__name__.upper()
+        node = cfg.TRAINER.get(node_name)
+        position = node.get("CLASS_TOKEN_POSITION") if node is not None and hasattr(node, "get") else None
+        if position is not None and position != "end":
+            raise CascadeRefused(
+                f"TRAINER.{node_name}.CLASS_TOKEN_POSITION is {position!r}: CasPL places the boosting text tokens "
+                "right after the host's context tokens ([SOS][context][boosting][class . EOS]), which needs the "
+                "class token at the end; set it to 'end'"
+            )
 
     def prompt_depth(self, handle: OpenAIClipHandle) -> Optional[tuple[int, int]]:
         return handle.depth
@@ -284,13 +389,13 @@ class _OpenAIClipAdapter(ClipAdapter):
             "vision_width": int(vision.conv1.out_channels),
             "vision_depth": len(_blocks(vision)),
             "embed_dim": int(vision.proj.shape[-1]),
-            "context_length": int(handle.model.tokenized_prompts.shape[-1]),
+            "context_length": int(text.positional_embedding.shape[0]),
             "host_prompts": {"family": handle.family, "n_text": handle.n_text, "n_vision": handle.n_vision},
         }
 
     def attach(self, handle: OpenAIClipHandle, group: PromptGroup, trainer=None) -> BoostingHooks:
         """Place ``group`` with hooks; returns the :class:`BoostingHooks` (also at ``model.caspl_boosting``)."""
-        position = getattr(handle.model.prompt_learner, "class_token_position", "end")
+        position = getattr(getattr(handle.model, "prompt_learner", None), "class_token_position", "end")
         if position != "end":
             raise ValueError(
                 f"CasPL supports {handle.family} hosts with the class token at the end only, "
@@ -350,6 +455,119 @@ class OpenAIDeepPromptAdapter(_OpenAIClipAdapter):
                 )
 
 
+class OpenAIVisionPromptAdapter(OpenAIDeepPromptAdapter):
+    """VPT hosts: vision prompts in the CLIP's image tower, class text features fixed when the host is built.
+
+    Only the vision boosting tokens are placed: the host computes its class text features once, from a
+    hand-made template through CLIP's text encoder, and keeps no prompt learner (nor CLIP's token
+    embedding) to put the text tokens into.
+    """
+
+    name = "OpenAI clip fork with vision prompts only (VPT)"
+
+    def host_model(self, trainer):
+        return _vision_prompt_clip(trainer)
+
+    def host_prompts(self, model):
+        if _deep_prompt_counts(model.text_encoder):
+            return None  # text prompts inside the text encoder, but no prompt learner: not a layout we know
+        vpt = getattr(model.image_encoder, "VPT", None)
+        return "VPT", int(vpt.shape[0]) if isinstance(vpt, nn.Parameter) else 0
+
+    def no_text_path(self, model, family):
+        return (f"the {family} host's class text features are fixed, computed once from a hand-made template when "
+                "it built its model, with no prompt learner to place text tokens in")
+
+
+@dataclass
+class ZeroshotHandle:
+    """A zero-shot host: the trainer, its CLIP and the class prompts its ``text_features`` came from."""
+
+    trainer: object
+    clip: nn.Module
+    backbone: str
+    #: the host's class prompts, reproduced and checked against its features; None when they could not be
+    token_ids: Optional[Tensor] = None
+    no_text_path: Optional[str] = None
+
+
+class OpenAIZeroshotAdapter(ClipAdapter):
+    """CoOp's ``ZeroshotCLIP`` and its copies in the forks: ``trainer.clip_model`` (an OpenAI CLIP) and the
+    class ``trainer.text_features`` computed once in ``build_model`` from the dataset's template."""
+
+    name = "OpenAI clip, zero-shot CLIP trainer (ZeroshotCLIP)"
+
+    def find(self, trainer) -> Optional[ZeroshotHandle]:
+        clip, features = getattr(trainer, "clip_model", None), getattr(trainer, "text_features", None)
+        if _host_model(trainer) is not None or not isinstance(clip, nn.Module) or not is_openai_clip(clip):
+            return None
+        if not is_vision_tower(clip.visual) or not isinstance(features, Tensor) or features.dim() != 2:
+            return None
+        cfg = getattr(trainer, "cfg", None)
+        backbone = str(cfg.MODEL.BACKBONE.NAME) if cfg is not None else type(clip.visual).__name__
+        handle = ZeroshotHandle(trainer, clip, backbone)
+        handle.token_ids, handle.no_text_path = self._class_prompts(trainer, clip, features)
+        return handle
+
+    @staticmethod
+    def _class_prompts(trainer, clip: nn.Module, features: Tensor) -> tuple[Optional[Tensor], Optional[str]]:
+        """The token ids of the host's class prompts, or why they cannot be reproduced."""
+        from ..data.catalog import template_for
+
+        cfg, names = trainer.cfg, list(getattr(getattr(getattr(trainer, "dm", None), "dataset", None), "classnames", []))
+        found = next(_openai_clip_modules(type(trainer)), None)
+        templates = getattr(found[0], "CUSTOM_TEMPLATES", None) if found else None
+        template = templates.get(cfg.DATASET.NAME) if isinstance(templates, dict) else None
+        template = template or template_for(cfg.DATASET.NAME, "")
+        if not template or len(names) != features.shape[0]:
+            return None, (f"no dataset template for {cfg.DATASET.NAME} to recompute the host's "
+                          f"{features.shape[0]} class text features with")
+        prompts = [template.format(name.replace("_", " ")) for name in names]
+        context = int(clip.positional_embedding.shape[0])
+        if found is not None:
+            token_ids = found[1].tokenize(prompts, context_length=context)
+        else:
+            from open_clip.tokenizer import SimpleTokenizer
+
+            token_ids = SimpleTokenizer(context_length=context)(prompts)
+        token_ids = token_ids.to(features.device)
+        with torch.no_grad():
+            ours = clip.encode_text(token_ids).float()
+        ours = ours / ours.norm(dim=-1, keepdim=True)
+        if ours.shape != features.shape or not torch.allclose(ours, features.float(), atol=1e-3):
+            return None, (f"its class text features are not CLIP's features of {template!r} for its classes (a "
+                          "template ensemble?), so they cannot be recomputed with the boosting text tokens")
+        return token_ids, None
+
+    def geometry(self, handle: ZeroshotHandle) -> dict:
+        clip = handle.clip
+        return {
+            "backbone": handle.backbone,
+            "arch": f"openai-clip {type(clip.visual).__name__}",
+            "text_width": int(clip.ln_final.weight.shape[0]),
+            "text_depth": len(clip.transformer.resblocks),
+            "vision_width": int(clip.visual.conv1.out_channels),
+            "vision_depth": len(clip.visual.transformer.resblocks),
+            "embed_dim": int(clip.text_projection.shape[-1]),
+            "context_length": int(clip.positional_embedding.shape[0]),
+        }
+
+    def unplaced(self, handle: ZeroshotHandle) -> dict[str, str]:
+        return {"text": handle.no_text_path} if handle.no_text_path else {}
+
+    def attach(self, handle: ZeroshotHandle, group: PromptGroup, trainer=None) -> AnchorHooks:
+        """The boosting group in the host's CLIP; its class features recomputed with the boosting text tokens."""
+        hooks = AnchorHooks(group)
+        if handle.token_ids is not None and group.text is not None:
+            hooks.attach_text(handle.clip)
+            with torch.no_grad():
+                features = handle.clip.encode_text(handle.token_ids)
+            handle.trainer.text_features = features / features.norm(dim=-1, keepdim=True)
+        hooks.attach_tower(handle.clip.visual)
+        handle.trainer.caspl_boosting = hooks
+        return hooks
+
+
 def openai_clip_adapters() -> list[ClipAdapter]:
     """The adapters for OpenAI-``clip`` hosts (each recognises only its own kind of host)."""
-    return [OpenAIDeepPromptAdapter(), OpenAICoOpAdapter()]
+    return [OpenAIDeepPromptAdapter(), OpenAICoOpAdapter(), OpenAIVisionPromptAdapter(), OpenAIZeroshotAdapter()]

@@ -39,11 +39,13 @@ def _blocks(module: nn.Module) -> Optional[nn.Sequential]:
     return blocks if isinstance(blocks, nn.Sequential) else None
 
 
-def _is_clip(module: nn.Module) -> bool:
+def is_openai_clip(module: nn.Module) -> bool:
+    """A CLIP in OpenAI's layout (``visual``, ``transformer``, ``token_embedding`` ... ``encode_text``)."""
     return all(hasattr(module, p) for p in _CLIP_PARTS) and callable(getattr(module, "encode_text", None))
 
 
-def _is_tower(module: nn.Module) -> bool:
+def is_vision_tower(module: nn.Module) -> bool:
+    """A ViT image tower in OpenAI's layout (``conv1`` ... ``ln_pre``, ``transformer``, ``ln_post``, ``proj``)."""
     return all(hasattr(module, p) for p in _TOWER_PARTS) and _blocks(module) is not None
 
 
@@ -62,10 +64,10 @@ def find_anchors(handle, trainer=None) -> tuple[list[tuple[str, nn.Module]], lis
     for name, module in _candidates(handle, trainer):
         if id(module) in seen:
             continue
-        if _is_clip(module) and id(module.visual) not in own and id(module.transformer) not in own:
+        if is_openai_clip(module) and id(module.visual) not in own and id(module.transformer) not in own:
             clips.append((name or "model", module))
             seen.update({id(module), id(module.visual), id(module.transformer)})
-        elif _is_tower(module):
+        elif is_vision_tower(module):
             towers.append((name or "model", module))
             seen.add(id(module))
     return clips, towers
@@ -177,4 +179,4 @@ def _keep(handle, hooks: AnchorHooks) -> None:
     kept.append(hooks)
 
 
-__all__ = ["AnchorHooks", "attach_anchor_boosting", "find_anchors"]
+__all__ = ["AnchorHooks", "attach_anchor_boosting", "find_anchors", "is_openai_clip", "is_vision_tower"]

@@ -5,6 +5,9 @@ MLPs, a vision tower ``conv1 -> [CLS] + patches -> + pos -> ln_pre -> blocks -> 
 and ``encode_text`` read at the argmax of the token ids (the EOT id is the largest). With
 ``text_prompts`` / ``vision_prompts`` the model is an IVLP fork: the first blocks own deep
 ``VPT_shallow`` prompts, and the vision tower appends its own ``VPT`` before ``ln_pre``.
+
+Like ``clip/clip.py`` the module has ``_MODELS`` (name -> where the weights come from) and
+``tokenize``; the host's trainers import it as ``clip``, as CoOp's do (``from clip import clip``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ GEOMETRIES = {
     "ViT-B/16": dict(embed_dim=512, image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12,
                      context_length=77, text_width=512, text_layers=12, text_heads=8),
 }
+
+
+#: the backbones this "package" can build (OpenAI's maps names to download URLs)
+_MODELS = {name: f"random-weights://{name}" for name in GEOMETRIES}
 
 
 class LayerNorm(nn.LayerNorm):
@@ -166,3 +173,8 @@ def tokenizer(context_length: int):
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer(context_length=context_length)
+
+
+def tokenize(texts, context_length: int = 77):
+    """``clip.tokenize``: token ids ``[len(texts), context_length]``."""
+    return tokenizer(context_length)([texts] if isinstance(texts, str) else list(texts))

@@ -1,6 +1,10 @@
 """The host's Dassl trainers, CoOp-style: a prompt learner, a text encoder pooling at the argmax of
 the token ids, a ``CustomCLIP`` and a trainer with its own loss. ``HostIVLP`` is the IVLP-fork
-variant (deep prompts inside the CLIP's blocks); ``HostNoClip`` has no CLIP at all.
+variant (deep prompts inside the CLIP's blocks); ``HostVPT`` the vision-only one (VPT: prompts in the
+image tower, class text features fixed from a template when the model is built, the whole model given
+to the optimizer); ``HostZeroshotCLIP`` is CoOp's zero-shot trainer (a CLIP and class text features
+from ``CUSTOM_TEMPLATES``, nothing to train) and ``HostZeroshotEnsemble`` its template-ensemble
+variant; ``HostNoClip`` has no CLIP at all.
 
 More host layouts: ``HostAnchored`` regularises against its own frozen zero-shot CLIP (hand-crafted
 text features and frozen image features, computed in the loss), ``HostParallel`` wraps its model in
@@ -18,6 +22,7 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint
 
+from . import openai_clip as clip  # noqa: F401  (as CoOp's trainers import OpenAI's: `from clip import clip`)
 from .openai_clip import build_clip, to_fp16, tokenizer
 
 
@@ -29,6 +34,7 @@ def extend_cfg(cfg):
     cfg.TRAINER.HOSTANCHORED = CN(dict(N_CTX=4, CTX_INIT="", CLASS_TOKEN_POSITION="end", PREC="fp32",
                                        TEXT_WEIGHT=8.0, IMAGE_WEIGHT=8.0, TEMPLATE="a photo of a {}."))
     cfg.TRAINER.HOSTPARALLEL = CN(dict(N_CTX=4, CTX_INIT="", CLASS_TOKEN_POSITION="end", PREC="fp32"))
+    cfg.TRAINER.HOSTVPT = CN(dict(N_CTX_VISION=2, PROMPT_DEPTH_VISION=2, PREC="fp32"))
     return cfg
 
 
@@ -239,6 +245,96 @@ class HostParallel(HostCoOp):
     def build_model(self):
         super().build_model()
         self.model = nn.DataParallel(self.model)
+
+
+class FixedEmbeddings:
+    """VPT's class text features: "a photo of a {class}." through CLIP's text encoder, once (not a module)."""
+
+    def __init__(self, classnames, clip_model):
+        tokens = clip.tokenize([f"a photo of a {name.replace('_', ' ')}." for name in classnames], clip_model.context_length)
+        with torch.no_grad():
+            self.fixed_embeddings = clip_model.encode_text(tokens)
+
+    def return_fixed_embeddings(self):
+        return self.fixed_embeddings
+
+
+class VisionPromptCLIP(nn.Module):
+    """VPT's ``CustomCLIP``: the prompted image tower against fixed class text features."""
+
+    def __init__(self, classnames, clip_model):
+        super().__init__()
+        self.embeddings = FixedEmbeddings(classnames, clip_model)
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
+
+    def forward(self, image):
+        text_features = self.embeddings.return_fixed_embeddings().to(image.device)
+        image_features = self.image_encoder(image.to(self.dtype))
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        return self.logit_scale.exp() * image_features @ text_features.t()
+
+
+@TRAINER_REGISTRY.register()
+class HostVPT(HostCoOp):
+    """VPT as its host writes it: ``requires_grad`` on the ``VPT`` prompts only, the whole model in the optimizer."""
+
+    NODE = "HOSTVPT"
+
+    def build_clip(self):
+        node = self.cfg.TRAINER.HOSTVPT
+        return build_clip(self.cfg.MODEL.BACKBONE.NAME, vision_prompts=(node.N_CTX_VISION, node.PROMPT_DEPTH_VISION))
+
+    def custom_clip(self, clip_model):
+        return VisionPromptCLIP(self.dm.dataset.classnames, clip_model)
+
+    def is_learnable(self, name: str) -> bool:
+        return "VPT" in name
+
+    def register_learnable(self):
+        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("prompt_learner", self.model, self.optim, self.sched)
+
+
+CUSTOM_TEMPLATES = {"DescribableTextures": "{} texture."}  # CoOp's zero-shot template per dataset
+
+
+@TRAINER_REGISTRY.register()
+class HostZeroshotCLIP(TrainerX):
+    """CoOp's ``ZeroshotCLIP``: the class text features are computed once, from the dataset's template."""
+
+    def templates(self) -> list[str]:
+        return [CUSTOM_TEMPLATES[self.cfg.DATASET.NAME]]
+
+    def build_model(self):
+        clip_model = build_clip(self.cfg.MODEL.BACKBONE.NAME).to(self.device)
+        names = [c.replace("_", " ") for c in self.dm.dataset.classnames]
+        features = []
+        for template in self.templates():
+            prompts = clip.tokenize([template.format(name) for name in names], clip_model.context_length)
+            with torch.no_grad():
+                text_features = clip_model.encode_text(prompts.to(self.device))
+            features.append(text_features / text_features.norm(dim=-1, keepdim=True))
+        text_features = torch.stack(features).mean(0)
+        self.text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        self.clip_model = clip_model
+
+    def model_inference(self, image):
+        image_features = self.clip_model.encode_image(image)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        return self.clip_model.logit_scale.exp() * image_features @ self.text_features.t()
+
+
+@TRAINER_REGISTRY.register()
+class HostZeroshotEnsemble(HostZeroshotCLIP):
+    """CoOp's ``ZeroshotCLIP2``: class text features averaged over several templates."""
+
+    def templates(self) -> list[str]:
+        return ["a photo of a {}.", "itap of a {}.", "a bad photo of the {}."]
 
 
 def colliding_coop() -> type:
