@@ -1,4 +1,5 @@
-"""The plugin's own hook implementations: its trainers, datasets, config keys and CLIP adapters."""
+"""The plugin's own hook implementations: its methods, datasets, config keys and CLIP adapters (its
+Dassl trainers' hooks are :mod:`caspl_plugin.trainers.hooks`, which needs Dassl)."""
 from __future__ import annotations
 
 from .hookspecs import hookimpl
@@ -9,13 +10,6 @@ def caspl_methods():
     from ..methods.registry import list_methods, get_method
 
     return [get_method(name) for name in list_methods()]
-
-
-@hookimpl
-def caspl_dassl_trainers():
-    from caspl_plugin.trainers import TRAINERS
-
-    return list(TRAINERS)
 
 
 @hookimpl
@@ -42,16 +36,10 @@ def caspl_clip_adapters():
 
 @hookimpl
 def caspl_cascade_refusal(trainer):
-    """Dassl's own trainers (no CLIP) and BoostDistill (phase 1) have no ``CasPL_`` form."""
+    """Dassl's own trainers (no CLIP) have no ``CasPL_`` form (BoostDistill's refusal is with the
+    plugin's trainers, :mod:`caspl_plugin.trainers.hooks`)."""
     module = getattr(trainer, "__module__", "") or ""
     if module.split(".")[0] == "dassl":
         return (f"{trainer.__name__} is one of Dassl's own trainers ({module}): it trains a Dassl backbone "
                 "(MODEL.BACKBONE from Dassl's backbone registry) with no CLIP to place prompts in")
-    from caspl_plugin.trainers import BoostDistill
-
-    if issubclass(trainer, BoostDistill):
-        return (f"{trainer.__name__} is phase 1: it learns the boosting prompts itself (its student's prompts are the "
-                "boosting group), so it cannot take a second, frozen one. Phase 2 is CasPL_<method> "
-                "(CasPL_CoOp, CasPL_CoCoOp, CasPL_IVLP, CasPL_MaPLe, CasPL_PromptSRC or a host's trainer) with "
-                f"TRAINER.CASPL.BOOSTING set to {trainer.__name__}'s OUTPUT_DIR")
     return None

@@ -32,7 +32,8 @@ from torch import nn
 from ..artifacts.boosting import ArtifactMismatchError, BoostingArtifact
 from ..artifacts.store import ArtifactError
 from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
-from .config import BOOSTING_FILE
+from .config import BOOSTING_FILE, CASCADE_BASE, CASCADE_PREFIX
+from .plugins import get_plugin_manager
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ def _modules_of(trainer) -> list[str]:
 
 def clip_adapters() -> list[ClipAdapter]:
     """Every plugin's adapters, in the order they are tried (later-registered plugins first)."""
-    from .manager import get_plugin_manager
-
     return [adapter for result in get_plugin_manager().hook.caspl_clip_adapters() if result for adapter in result]
 
 
@@ -312,7 +311,6 @@ def make_cascade_trainer(base: type) -> type:
     when nothing would learn.
     """
     from .cfg_guard import restore_node
-    from .manager import CASCADE_BASE, CASCADE_PREFIX
 
     name = CASCADE_PREFIX + base.__name__
 

@@ -22,6 +22,8 @@ from typing import Iterable
 
 from yacs.config import CfgNode
 
+from .config import CASCADE_PREFIX
+
 logger = logging.getLogger(__name__)
 
 #: ``__dict__`` keys on a guarded node: the flag, and the nodes popped from it anyway
@@ -45,8 +47,6 @@ def _keeps(node: CfgNode, key) -> bool:
         return False
     if key in _GUARDED:
         return True
-    from .manager import CASCADE_PREFIX
-
     name = str(dict.get(node, "NAME", "") or "")
     return name.startswith(CASCADE_PREFIX) and key == name[len(CASCADE_PREFIX):].upper()
 

@@ -24,6 +24,10 @@ from yacs.config import CfgNode as CN
 
 #: where BoostDistill writes the boosting artifact inside its OUTPUT_DIR (and CasPL_* looks by default)
 BOOSTING_FILE = "boosting.safetensors"
+#: prefix of the cascade trainers: ``CasPL_<X>`` wraps the registered trainer ``X``
+CASCADE_PREFIX = "CasPL_"
+#: the class attribute of a ``CasPL_<X>`` class that holds ``X``
+CASCADE_BASE = "_caspl_base"
 
 
 def _node(**values) -> CN:

@@ -18,35 +18,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from functools import lru_cache
 from typing import Optional
 
-import pluggy
-
-from . import hookspecs
+from .config import CASCADE_BASE, CASCADE_PREFIX
+from .plugins import ENTRY_POINT_GROUP, get_plugin_manager
 
 logger = logging.getLogger(__name__)
 
-#: setuptools entry-point group of third-party plugins
-ENTRY_POINT_GROUP = "caspl_plugin"
-#: prefix of the cascade trainers: ``CasPL_<X>`` wraps the registered trainer ``X``
-CASCADE_PREFIX = "CasPL_"
-
 _state = {"enabled": False, "registered_trainers": [], "registered_datasets": [], "kept_host": []}
-
-
-@lru_cache(maxsize=None)
-def get_plugin_manager() -> pluggy.PluginManager:
-    """The plugin manager: built-in hook implementations plus every installed entry-point plugin."""
-    from . import builtin
-
-    manager = pluggy.PluginManager(hookspecs.PROJECT)
-    manager.add_hookspecs(hookspecs)
-    manager.register(builtin, name="caspl_plugin.builtin")
-    loaded = manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    if loaded:
-        logger.info("Loaded %d caspl plugin(s) from entry points", loaded)
-    return manager
 
 
 def _flatten(results) -> list:
@@ -116,7 +95,6 @@ def cascade_refusal(trainer: type) -> Optional[str]:
 
 
 #: class attribute of the ``CasPL_<X>`` classes made on lookup: their ``X``
-CASCADE_BASE = "_caspl_base"
 
 
 def _hosts(registry) -> dict[str, type]:
@@ -174,7 +152,7 @@ def _install_cascade_resolution(registry) -> None:
             base = _hosts(registry).get(base_name)
             if base is None or not _cascadable(base_name, base):
                 raise lookup_error(registry, name)
-            from .cascade_trainer import make_cascade_trainer
+            from .cascade_trainer import make_cascade_trainer  # torch and the adapters: only when a CasPL_ name is asked for
 
             registry._do_register(name, make_cascade_trainer(base))
         return real_get(name)
