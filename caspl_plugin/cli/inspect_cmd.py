@@ -78,17 +78,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def inspect_cache(folder: Path, as_json: bool) -> int:
-    """Describe a teacher-view cache folder (``caspl teacher-cache``; one domain or several), or
-    print its index as JSON."""
-    from caspl_plugin.cache.store import DOMAINS_FILE, INDEX_FILE, describe_cache
+    """Describe and verify a teacher-view cache folder (``caspl teacher-cache``; one domain or several),
+    or print its index as JSON; CommandError (exit 2) when it does not verify: the index's fields and
+    content hash, every shard's place, size, sha256 and shapes (:mod:`caspl_plugin.cache.store`)."""
+    from caspl_plugin.cache.store import DOMAINS_FILE, INDEX_FILE, inspect_cache_folder
 
     index = next((folder / name for name in (INDEX_FILE, DOMAINS_FILE) if (folder / name).is_file()), None)
     if index is None:
         raise CommandError(f"{folder} is a directory without a teacher-view cache index ({INDEX_FILE} or {DOMAINS_FILE}); "
-                           "expected an artifact file (.safetensors) or a `caspl teacher-cache` folder")
-    try:
-        text = describe_cache(folder)
-    except (OSError, ValueError, KeyError) as error:
-        raise CommandError(f"{index} cannot be read as a teacher-view cache index: {error}") from error
-    print(index.read_text(encoding="utf-8") if as_json else text)
+                           "expected an artifact file (.safetensors), an exported classifier (.onnx) or a `caspl teacher-cache` folder")
+    text, problems = inspect_cache_folder(folder)
+    if as_json and not problems:
+        print(index.read_text(encoding="utf-8"))
+    else:
+        print(text)
+    if problems:
+        raise CommandError(f"{folder}: the teacher-view cache does not verify ({len(problems)} problem(s)): "
+                           + " | ".join(" ".join(p.split()) for p in problems[:3])
+                           + (f" | ... ({len(problems) - 3} more)" if len(problems) > 3 else ""))
     return 0
