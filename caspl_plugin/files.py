@@ -1,4 +1,5 @@
-"""Atomic file writes: every file the package writes goes through :func:`atomic_write`.
+"""Atomic file writes: every file the package writes goes through :func:`atomic_write`; and
+:func:`canonical_json`, the form in which JSON documents are hashed (artifacts, caches, ONNX metadata).
 
 A write goes to ``.<name>.<random hex>.tmp`` in the destination's folder, then ``os.replace``;
 a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds
@@ -6,11 +7,17 @@ a process killed mid-write can leave such a file behind, which :func:`stale_temp
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """``document`` as canonical JSON: sorted keys, no whitespace, UTF-8, no NaN/Infinity (ValueError)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def temporary_path(path: Union[str, os.PathLike]) -> Path:

@@ -104,7 +104,7 @@ def identity_digest(identity: dict) -> str:
 
 def index_content_hash(index: dict) -> str:
     """sha256 of the index's canonical JSON (sorted keys, no whitespace), every key but ``content_sha256``."""
-    from ..artifacts.store import canonical_json
+    from ..files import canonical_json
 
     return hashlib.sha256(canonical_json({k: v for k, v in index.items() if k != HASH_KEY})).hexdigest()
 
