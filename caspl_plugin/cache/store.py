@@ -328,7 +328,7 @@ def index_problems(index) -> list[str]:
             if not _check_file_record(problems, where, record, stored=True):
                 continue
             shard, row = record["shard"], record["row"]
-            if shard not in rows:
+            if not isinstance(shard, str) or shard not in rows:
                 problems.append(f"{where}.shard: expected one of the index's shards, got {_shown(shard)}")
             elif not _is_int(row) or not 0 <= row < rows[shard]:
                 problems.append(f"{where}.row: expected an integer in 0..{rows[shard] - 1} (shard {shard} has "
