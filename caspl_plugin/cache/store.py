@@ -205,8 +205,10 @@ def _check_triplet(problems: list, where: str, value, *, positive: bool) -> None
 
 
 def _check_teacher(problems: list, teacher) -> None:
-    if not isinstance(teacher, dict):
-        problems.append(f"teacher: expected an object, got {_shown(teacher)}")
+    keys = {"name", "arch", "weights", "weights_digest", "image_size", "mean", "std"}
+    if not isinstance(teacher, dict) or set(teacher) != keys:
+        got = sorted(teacher) if isinstance(teacher, dict) else _shown(teacher)
+        problems.append(f"teacher: expected an object with {', '.join(sorted(keys))}, got {got}")
         return
     for key in ("name", "arch"):
         if not isinstance(teacher.get(key), str) or not teacher.get(key):
