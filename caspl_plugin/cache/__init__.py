@@ -2,8 +2,9 @@
 
 :mod:`~caspl_plugin.cache.views` samples and renders deterministic views,
 :mod:`~caspl_plugin.cache.store` keeps them on disk (safetensors shards + JSON index, identity
-and integrity checks: :class:`CacheError`), :mod:`~caspl_plugin.cache.precompute` fills a cache (resumable, incremental, torchrun)
-and :mod:`~caspl_plugin.cache.dataset` feeds a training run (online or cached).
+and integrity checks: :class:`CacheError`), :mod:`~caspl_plugin.cache.precompute` fills a cache
+(resumable, incremental, torchrun) and :mod:`~caspl_plugin.cache.dataset` feeds a training run
+(online or cached).
 """
 from .dataset import TeacherViewDataset
 from .precompute import PrecomputeReport, build_teacher_cache, cache_identity
