@@ -12,6 +12,7 @@ teacher, template, class names (and their hash), dataset, training settings and 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..data.classnames import class_name_problem, class_names_sha256
 from .store import HASH_SCOPE, HASH_SCOPE_KEY, ArtifactError, load_artifact, save_artifact
 
 __all__ = ["ArtifactMismatchError", "BoostingArtifact", "FORMAT", "FORMAT_VERSION", "class_names_sha256"]
@@ -38,12 +38,19 @@ class ArtifactMismatchError(ArtifactError):
 
 def _check_names(names, where: str) -> None:
     """Class names must be strings without control or bidirectional-override characters."""
+    from ..data.classnames import class_name_problem
+
     if not isinstance(names, list):
         raise ArtifactError(f"{where} must be a list of strings, got {type(names).__name__}")
     for i, name in enumerate(names):
         reason = class_name_problem(name)
         if reason:
             raise ArtifactError(f"{where}[{i}]: {reason}")
+
+
+def class_names_sha256(class_names: Sequence[str]) -> str:
+    """sha256 of the class names joined by newlines (order matters)."""
+    return hashlib.sha256("\n".join(class_names).encode("utf-8")).hexdigest()
 
 
 def _geometry(student: Any) -> dict:

@@ -22,7 +22,6 @@ Errors are :class:`ClassNamesError` (a ``ValueError``) naming the file and the l
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import unicodedata
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["BIDI_CONTROLS", "ClassNamesError", "ClassNamesFile", "check_class_names", "class_name_key", "class_names_sha256",
+__all__ = ["BIDI_CONTROLS", "ClassNamesError", "ClassNamesFile", "check_class_names", "class_name_key",
            "class_name_problem", "read_class_names", "read_class_names_file"]
 
 logger = logging.getLogger(__name__)
@@ -66,11 +65,6 @@ def check_class_names(names, where: str) -> list[str]:
         if reason:
             raise ClassNamesError(f"{where}: class name {i}: {reason}")
     return list(names)
-
-
-def class_names_sha256(class_names) -> str:
-    """sha256 of the class names joined by newlines (order matters)."""
-    return hashlib.sha256("\n".join(class_names).encode("utf-8")).hexdigest()
 
 
 class ClassNamesError(ValueError):

@@ -103,7 +103,7 @@ class DomainSource:
 
     def metadata(self) -> dict:
         """The artifact's record of this domain (JSON values)."""
-        from .classnames import class_names_sha256
+        from ..artifacts.boosting import class_names_sha256
 
         names = list(self.classes.class_names)
         return {"name": self.name, "num_classes": len(names), "class_names_sha256": class_names_sha256(names),
