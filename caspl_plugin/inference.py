@@ -164,7 +164,7 @@ def check_classifier(path, tensors: Mapping[str, torch.Tensor], meta: Mapping[st
     require(isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names),
             "'class_names' must be a non-empty list of non-empty strings")
     require(len(set(names)) == len(names), "'class_names' has duplicates")
-    from .data.classnames import class_name_problem
+    from .names import class_name_problem
 
     for i, name in enumerate(names):
         reason = class_name_problem(name)

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from ..names import class_name_problem
 from .store import HASH_SCOPE, HASH_SCOPE_KEY, ArtifactError, load_artifact, save_artifact
 
 __all__ = ["ArtifactMismatchError", "BoostingArtifact", "FORMAT", "FORMAT_VERSION", "class_names_sha256"]
@@ -38,8 +39,6 @@ class ArtifactMismatchError(ArtifactError):
 
 def _check_names(names, where: str) -> None:
     """Class names must be strings without control or bidirectional-override characters."""
-    from ..data.classnames import class_name_problem
-
     if not isinstance(names, list):
         raise ArtifactError(f"{where} must be a list of strings, got {type(names).__name__}")
     for i, name in enumerate(names):

@@ -10,8 +10,8 @@ Rules:
   number of comment lines is logged. To name a class that starts with ``#``, write ``\\#name``.
 - A name holding a control character (NUL, tab, ...; Unicode category ``Cc``) or a bidirectional
   embedding, override or isolate (U+202A..U+202E, U+2066..U+2069: they reorder how the text around
-  them is shown, so a printed label would not read as stored) is an error (:func:`class_name_problem`,
-  the same rule for every place a class name is read or stored).
+  them is shown, so a printed label would not read as stored) is an error
+  (:func:`caspl_plugin.names.class_name_problem`, the same rule wherever a class name is read or stored).
 - Nothing else is dropped: a name made only of invisible characters (zero-width spaces, joiners,
   BOMs) is an error, and so are duplicates after the normalisation the text
   encoder sees: underscores become spaces (as in the prompts), then open_clip's tokenizer
@@ -27,7 +27,9 @@ import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
+
+from ..names import BIDI_CONTROLS, class_name_problem
 
 __all__ = ["BIDI_CONTROLS", "ClassNamesError", "ClassNamesFile", "check_class_names", "class_name_key",
            "class_name_problem", "read_class_names", "read_class_names_file"]
@@ -37,24 +39,6 @@ logger = logging.getLogger(__name__)
 COMMENT = "#"
 ESCAPED_COMMENT = "\\#"
 _INVISIBLE_CATEGORIES = {"Cf", "Cc", "Zs", "Zl", "Zp", "Cn", "Co", "Cs"}
-
-
-#: bidirectional embeddings, overrides and isolates (LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI)
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def class_name_problem(name) -> Optional[str]:
-    """Why ``name`` cannot be a class name (None if it can): not a non-empty string, or holding a control
-    character or a bidirectional embedding/override/isolate (named by code point)."""
-    if not isinstance(name, str) or not name.strip():
-        return f"expected a non-empty string, got {name!r}"
-    for ch in name:
-        if unicodedata.category(ch) == "Cc":
-            return f"{name!r} holds the control character U+{ord(ch):04X}; class names are printable text"
-        if ch in BIDI_CONTROLS:
-            return (f"{name!r} holds the bidirectional control U+{ord(ch):04X} ({unicodedata.name(ch)}), which reorders "
-                    "how the text is shown; class names cannot hold U+202A..U+202E or U+2066..U+2069")
-    return None
 
 
 def check_class_names(names, where: str) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..files import atomic_write
-from .classnames import class_name_problem
+from ..names import class_name_problem
 
 logger = logging.getLogger(__name__)
 

@@ -241,7 +241,7 @@ def _finite_triplet(value) -> bool:
 def metadata_problems(ours: dict[str, str], onnx_file: Optional[OnnxFile] = None) -> tuple[dict, list[str]]:
     """``(decoded metadata, problems)``: every ``caspl.*`` field checked for its type and range, and
     against the graph's input and output shapes when ``onnx_file`` is given. Nothing is allocated."""
-    from ..data.classnames import class_name_problem
+    from ..names import class_name_problem
 
     problems: list[str] = []
     meta: dict = dict(ours)
