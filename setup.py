@@ -9,7 +9,7 @@ from setuptools.command.sdist import sdist
 HERE = Path(__file__).parent
 #: top-level folders shipped as caspl_plugin/bundled/<folder>: the selection of caspl_plugin.resources.PATTERNS
 BUNDLED = {"configs": ("*.yaml",), "scripts": ("*.sh", "*.md")}
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "caspl_plugin" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "caspl_plugin" / "version.py").read_text()).group(1)
 
 
 def _packages():
@@ -81,13 +81,15 @@ setup(
         "tqdm",
         "pillow",
         "numpy",
-        # the demo's chart is part of the first command's output
-        "matplotlib",
+        # domain manifests may be YAML (caspl distill --domains x.yaml)
+        "pyyaml",
         # one run per output file (caspl distill / adapt take a lock on their outputs)
         "filelock>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "tensorboard", "onnx>=1.15", "onnxscript", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "hypothesis>=6", "tensorboard", "onnx>=1.15", "onnxscript", "onnxruntime>=1.17", "matplotlib"],
+        # charts: the demo's and caspl report's PNGs (without it the tables are written, the charts skipped)
+        "plots": ["matplotlib"],
         # caspl export / caspl classify on .onnx
         "export": ["onnx>=1.15", "onnxscript", "onnxruntime>=1.17"],
         # --tensorboard DIR

@@ -64,7 +64,7 @@ def train_caspl_promptsrc(settings):
     cascaded on the base shots. Returns (model over all classes, student, teacher)."""
     from caspl_plugin.clip import create_clip
     from caspl_plugin.data.domains import DomainClassSet
-    from caspl_plugin.demo import TEMPLATE, _normalise, adapt_toy_method, distill_toy_boosting
+    from caspl_plugin.demo import TEMPLATE, normalise, adapt_toy_method, distill_toy_boosting
     from caspl_plugin.methods import get_method
     from caspl_plugin.prompts import PromptedCLIP
     from caspl_plugin.toy import domain
@@ -72,7 +72,7 @@ def train_caspl_promptsrc(settings):
     torch.manual_seed(0)
     student, teacher = create_clip("toy-student"), create_clip("toy-teacher")
     names, base_labels = domain.class_names(), domain.base_labels()
-    unlabeled = _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
+    unlabeled = normalise(domain.generate(settings.unlabeled_per_class, seed=20_000).images, student)
     toy = DomainClassSet("toy-shapes", tuple(names), TEMPLATE)
     boosting = distill_toy_boosting(student, teacher, [(toy, unlabeled)], settings).student.boosting
 
@@ -84,13 +84,13 @@ def train_caspl_promptsrc(settings):
         PromptedCLIP(student), [names[l] for l in base_labels], boosting=boosting,
         n_ctx_text=4, n_ctx_vision=4, depth_text=4, depth_vision=4,
         gpa_mean=settings.method_epochs * 0.75, gpa_std=max(settings.method_epochs / 8, 1.0))
-    adapt_toy_method(model, _normalise(shots.images, student), shot_labels, settings, seed)
+    adapt_toy_method(model, normalise(shots.images, student), shot_labels, settings, seed)
     model.set_class_names(names)  # logits per class do not depend on the others: one graph for base and novel
     return model.eval(), student, teacher
 
 
 def toy_benchmark(quick, folder):
-    from caspl_plugin.demo import TEMPLATE, DemoSettings, _normalise
+    from caspl_plugin.demo import TEMPLATE, DemoSettings, normalise
     from caspl_plugin.export.onnx_export import export_classifier, quantize_onnx
     from caspl_plugin.inference import load_classifier, save_classifier
     from caspl_plugin.methods import ZeroShotCLIP
@@ -109,7 +109,7 @@ def toy_benchmark(quick, folder):
     quantize_onnx(fp32, int8)
     model = load_classifier(classifier)  # what users deploy: the artifact, reloaded
     test = domain.generate(settings.test_per_class, seed=10_000)
-    images, labels = _normalise(test.images, student), test.labels.numpy()
+    images, labels = normalise(test.images, student), test.labels.numpy()
     teacher_model = ZeroShotCLIP(PromptedCLIP(teacher), domain.class_names(), template=TEMPLATE).eval()
     sessions = {"fp32": ort_session(fp32), "int8": ort_session(int8)}
     runners = {

@@ -22,7 +22,7 @@ import torch
 
 def write_cache(folder: Path, images: int, views: int, width: int, shard_size: int = 256) -> int:
     """A well-formed teacher-view cache of ``images`` x ``views`` random features; its shard bytes."""
-    from caspl_plugin import __version__
+    from caspl_plugin.version import __version__
     from caspl_plugin.cache.store import CACHE_FORMAT, FORMAT_VERSION, SHARD_DIR, write_index, write_shard
     from caspl_plugin.clip.weights import file_sha256
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from caspl_plugin.boosting import BoostingConfig, build_distiller, kd_loss  # no
 from caspl_plugin.boosting.teacher import TextOnlyCLIP, TextTower  # noqa: E402
 from caspl_plugin.clip import WeightsSource, create_clip  # noqa: E402
 from caspl_plugin.engine import make_optimizer, training_step  # noqa: E402
-from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
+from timing import interleaved, peak_rss_mib  # noqa: E402  (benchmarks/timing.py)
 
 LARGE = ("ViT-B/16", "ViT-L/14")
 TINY = ("caspl-tiny-student", "caspl-tiny-teacher")
@@ -119,26 +118,13 @@ def bench_steps(names, device, batches, repeats, classes):
               f"online / cached = {times['online'] / times['cached']:.2f} (target >= 1.8)")
 
 
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS. /proc's VmHWM starts afresh at exec; ru_maxrss does not on Linux
-    (a child spawned by a large parent reports the parent's peak), so it is only the fallback."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def memory_worker(mode, names, device, batch, steps, classes):
     """Child process: a few training steps of ``mode``; prints the peak RSS as JSON."""
     distiller, size, dim = build(mode, names, device, classes)
     fn = step_functions(distiller, size, dim, device, batch)[mode]
     for _ in range(steps):
         fn()
-    peak = _peak_rss_mib()
+    peak = peak_rss_mib()
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     print(json.dumps({"mode": mode, "rss_mib": peak, "cuda_mib": cuda}))
 

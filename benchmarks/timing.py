@@ -1,4 +1,5 @@
 """Timing shared by the benchmark scripts: medians of functions measured in alternation."""
+import resource
 import statistics
 import time
 
@@ -25,3 +26,16 @@ def interleaved(fns: dict, device, repeats: int) -> dict:
             synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. /proc's VmHWM starts afresh at exec; ru_maxrss does not on Linux
+    (a child spawned by a large parent reports the parent's peak), so it is only the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -8,7 +8,7 @@ Layers (each imports only the ones above it):
 - :mod:`caspl_plugin.methods`   phase 2: CoOp, CoCoOp, IVLP, MaPLe, PromptSRC and the cascade
 - :mod:`caspl_plugin.plugin`    pluggy hooks and the Dassl integration (Dassl imported lazily)
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def enable(compat=None):

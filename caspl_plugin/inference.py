@@ -39,7 +39,7 @@ _NOT_SETTINGS = ("self", "clip", "class_names", "boosting")
 
 def save_classifier(path, model: PromptModel, *, weights: Optional[str] = None, extra: Optional[dict] = None) -> str:
     """Write ``model`` (any :class:`PromptModel`, cascaded or not) as a classifier artifact; returns its hash."""
-    from . import __version__
+    from .version import __version__
 
     tensors = {f"model::{k}": v for k, v in model.learnable_state_dict().items() if not k.startswith("boosting.")}
     boosting = None

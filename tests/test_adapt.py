@@ -71,8 +71,8 @@ def test_adapt_base_to_novel_then_classify(toy_folder, tmp_path, capsys):
 
 
 def test_adapt_with_boosting_bf16_and_exact_resume(toy_folder, boosting_artifact, tmp_path, monkeypatch, capsys):
-    from caspl_plugin import engine
     from caspl_plugin.inference import load_classifier
+    from caspl_plugin.methods import adapt as engine  # where phase 2 saves its checkpoints
 
     args = ("--method", "coop", "--boosting", str(boosting_artifact), "--subsample", "base", "--no-eval",
             "--precision", "bf16", "--model-arg", "n_ctx=4")

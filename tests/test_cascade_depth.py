@@ -81,3 +81,47 @@ def test_precision_vocabulary_of_the_dassl_trainers():
     assert precision_of(CN({"PREC": "FP16"})) == "amp" and precision_of(CN()) == "fp32"
     with pytest.raises(ValueError, match="PREC must be one of fp32, amp, bf16, fp16, got 'half'"):
         precision_of(CN({"PREC": "half"}))
+
+
+def test_fillers_follow_the_run_seed_by_default(tiny_student):
+    """boosting_seed=None draws the depth rule's fillers from the run's seed (torch.manual_seed), as the
+    authors' runs do: seeds 1 and 2 differ, the same seed repeats."""
+    artifact = artifact_of(tiny_student, depth=1)
+
+    def fillers(seed):
+        torch.manual_seed(seed)
+        model = cascade("promptsrc", PromptedCLIP(tiny_student), CLASSES, artifact, boosting_depth="method",
+                        n_ctx_text=2, n_ctx_vision=2, depth_text=3, depth_vision=2, ctx_init="")
+        return model.boosting.text.detach()[1:].clone(), model.boosting.placement_sha256
+
+    (one, hash_one), (two, hash_two), (again, hash_again) = fillers(1), fillers(2), fillers(1)
+    assert not torch.equal(one, two) and hash_one != hash_two
+    assert torch.equal(one, again) and hash_one == hash_again
+
+
+def test_caspl_promptsrc_presets_use_the_authors_depth_rule():
+    from caspl_plugin.methods import get_method
+
+    presets = get_method("promptsrc").presets
+    assert all(p.cascade == {"boosting_depth": "method"} for name, p in presets.items() if name.startswith("caspl_"))
+    assert all(p.cascade == {} for name, p in presets.items() if not name.startswith("caspl_"))
+
+
+def test_adapt_with_a_caspl_promptsrc_preset_places_the_boosting_prompts_at_promptsrcs_depth(tiny_student, tmp_path):
+    """caspl adapt and the Dassl configs agree: the same artifact, the same rule."""
+    from caspl_plugin.cli import main
+    from caspl_plugin.inference import load_classifier
+    from caspl_plugin.toy import domain
+
+    artifact = artifact_of(tiny_student, depth=1)
+    artifact_path = tmp_path / "boost.safetensors"
+    artifact.save(artifact_path)
+    data = domain.write_coop_layout(tmp_path / "data", train_per_class=4, val_per_class=1, test_per_class=2) / "images"
+    out = tmp_path / "model.safetensors"
+    code = main(["adapt", "--data", str(data), "--method", "promptsrc", "--preset", "caspl_base2novel",
+                 "--boosting", str(artifact_path), "--student", "caspl-tiny-student", "--student-weights", "random",
+                 "--shots", "1", "--epochs", "1", "--no-eval", "--no-progress", "--model-arg", "depth_text=3",
+                 "--model-arg", "depth_vision=2", "-o", str(out)])
+    assert code == 0
+    model = load_classifier(out)
+    assert model.boosting.text.shape[0] == 3 and model.boosting.vision.shape[0] == 2  # PromptSRC's depth, not the artifact's 1

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from caspl_plugin.artifacts import official
+from caspl_plugin.boosting import official
 from caspl_plugin.boosting import build_distiller
 from caspl_plugin.data import unlabeled
 from caspl_plugin.data.classnames import ClassNamesError, read_class_names, read_class_names_file

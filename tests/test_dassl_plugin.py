@@ -294,3 +294,54 @@ def test_plugin_nodes_survive_clean_cfg_and_lost_nodes_are_named(data_root, tmp_
     lost.freeze()
     with pytest.raises(KeyError, match=r"no TRAINER\.CASPL: it was removed .*clean_cfg.*caspl_plugin\.enable\(\).*extend_cfg"):
         build_trainer(lost)
+
+
+def test_text_chunk_reaches_the_student_and_bad_values_are_refused(data_root, tmp_path):
+    from dassl.engine import build_trainer
+
+    for name in ("IVLP", "BoostDistill"):
+        trainer = build_trainer(tiny_cfg(data_root, tmp_path / name, name, "MODEL.BACKBONE.TEXT_CHUNK", 2))
+        assert trainer.model.clip.text_chunk == 2
+    trainer = build_trainer(tiny_cfg(data_root, tmp_path / "default", "CoOp"))
+    assert trainer.model.clip.text_chunk is None
+    with pytest.raises(ValueError, match="TEXT_CHUNK"):
+        build_trainer(tiny_cfg(data_root, tmp_path / "bad", "CoOp", "MODEL.BACKBONE.TEXT_CHUNK", -1))
+
+
+@pytest.mark.parametrize("trainer_name", ["CoOp", "BoostDistill"])
+def test_dassl_steps_are_the_engines_step(trainer_name, data_root, tmp_path, monkeypatch):
+    """forward_backward goes through engine.training_step (autocast, GradScaler, finite check) with
+    Dassl's optimizer, for the method trainers and BoostDistill alike."""
+    from dassl.engine import build_trainer
+
+    import caspl_plugin.trainers.base as base_module
+    import caspl_plugin.trainers.boost_distill as distill_module
+
+    calls = []
+    step = base_module.training_step
+
+    def recording_step(objective, images, labels, optimizer, precision="fp32", **batch):
+        calls.append((type(objective).__name__, precision, optimizer))
+        return step(objective, images, labels, optimizer, precision, **batch)
+
+    monkeypatch.setattr(base_module, "training_step", recording_step)
+    monkeypatch.setattr(distill_module, "training_step", recording_step)
+    trainer = build_trainer(tiny_cfg(data_root, tmp_path, trainer_name, "DATASET.NUM_SHOTS", 1))
+    trainer.train()
+    assert len(calls) == trainer.num_batches and calls
+    assert all(optimizer is trainer.optim and precision == "fp32" for _, precision, optimizer in calls)
+    assert {name for name, _, _ in calls} == {"BoostingDistiller" if trainer_name == "BoostDistill" else "CoOp"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling is a CUDA matter")
+def test_prec_fp16_on_cuda_scales_the_loss(data_root, tmp_path):
+    from dassl.engine import build_trainer
+
+    from caspl_plugin.engine import grad_scaler
+
+    trainer = build_trainer(tiny_cfg(data_root, tmp_path, "CoOp", "DATASET.NUM_SHOTS", 1, "TRAINER.COOP.PREC", "fp16",
+                                     "USE_CUDA", True))
+    assert trainer.precision == "amp" and trainer.device.type == "cuda"
+    trainer.train()
+    scaler = grad_scaler(trainer.optim, trainer.device, trainer.precision)
+    assert scaler is not None and scaler.is_enabled() and scaler.get_scale() > 1.0

@@ -21,3 +21,25 @@ def test_demo_quick_writes_table_and_chart(tmp_path, capsys):
     markdown = (tmp_path / "demo_results.md").read_text()
     assert "| CasPL_PromptSRC |" in markdown
     assert (tmp_path / "demo_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_chart_skipped_with_one_line(tmp_path, monkeypatch, caplog):
+    import builtins
+
+    from caspl_plugin.demo import DemoResult, DemoSettings, write_outputs
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = DemoResult()
+    result.add("Student, zero-shot", 90.0, 70.0)
+    with caplog.at_level("WARNING"):
+        paths = write_outputs(result, tmp_path, DemoSettings(seeds=(1,)))
+    assert set(paths) == {"markdown", "csv"} and all(p.is_file() for p in paths.values())
+    assert not (tmp_path / "demo_results.png").exists()
+    assert [r.getMessage() for r in caplog.records] == ["matplotlib is not installed, charts skipped (pip install 'caspl-plugin[plots]')"]

@@ -18,7 +18,7 @@ from caspl_plugin.artifacts.checkpoint_reader import (  # noqa: E402
     TensorRef,
     read_checkpoint,
 )
-from caspl_plugin.artifacts.official import import_official, read_class_names  # noqa: E402
+from caspl_plugin.boosting.official import import_official, read_class_names  # noqa: E402
 
 TEXT_WIDTH, VISION_WIDTH = 512, 768  # ViT-B/16, the official student
 

@@ -31,13 +31,18 @@ def substitute(code: str, values: dict) -> str:
 def test_the_library_example_runs_on_the_toy_models(tmp_path, monkeypatch, capsys):
     from caspl_plugin.toy.domain import write_image_folder
 
+    from caspl_plugin.toy.domain import write_coop_layout
+
     folder = write_image_folder(tmp_path / "pets", num_per_class=1, seed=0)
+    labeled = write_coop_layout(tmp_path / "labeled", train_per_class=2, val_per_class=1, test_per_class=1) / "images"
     code = substitute(library_example(), {
         "STUDENT, STUDENT_WEIGHTS": '"toy-student", None',
         "TEACHER, TEACHER_WEIGHTS": '"toy-teacher", None',
         "IMAGES, CLASS_NAMES": f"{str(folder.images)!r}, {str(folder.class_names)!r}",
+        "LABELED, SHOTS": f"{str(labeled)!r}, 1",
         "CONFIG": "BoostingConfig(2, 2, 1, 1)",
         "SETTINGS": "DistillSettings(epochs=1, batch_size=16)",
+        "RECIPE": "AdaptSettings(epochs=2, batch_size=8)",
     })
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
@@ -46,8 +51,11 @@ def test_the_library_example_runs_on_the_toy_models(tmp_path, monkeypatch, capsy
     from caspl_plugin.artifacts import BoostingArtifact
 
     artifact = BoostingArtifact.load(tmp_path / "pets_boosting.safetensors")
-    assert artifact.n_text == 2 and artifact.class_names == namespace["class_names"]
+    assert artifact.n_text == 2 and artifact.class_names == namespace["read_class_names"](namespace["CLASS_NAMES"])
     assert len(namespace["report"].epoch_losses) == 1
+    assert len(namespace["adapted"].epoch_losses) == 2 and namespace["adapted"].steps >= 2
+    model = namespace["model"]
+    assert model.boosting is not None and not model.boosting.learnable and model.gpa is not None and model.gpa.complete
     assert (tmp_path / "pets_promptsrc.safetensors").is_file()
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and all(line.split(" ", 1)[0].endswith(".png") for line in printed)

@@ -9,6 +9,7 @@ from caspl_plugin import cli
 from caspl_plugin.report import build_report, discover_runs, parse_log, read_run, read_zeroshot_csv
 
 EPOCHS = 5
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def result_block(accuracy, total=1000):
@@ -253,15 +254,20 @@ FEW = {"caltech101": {1: [90.1, 91.3], 4: [93.0, 93.4], 16: [95.5, 95.1]},
        "dtd": {1: [52.0, 55.2], 4: [63.3, 64.1], 16: [72.6, 71.8]}}
 
 
-def test_few_shot_table(tmp_path):
+def make_few_shot(root):
+    """CasPL_PromptSRC over FEW (two seeds each) and one CoOp run (one seed) in CoOp's own layout."""
     for dataset, per_shots in FEW.items():
         for shots, accuracies in per_shots.items():
             for seed, accuracy in enumerate(accuracies, start=1):
-                run = tmp_path / "few_shot" / dataset / f"shots_{shots}" / "CasPL_PromptSRC" / "few_shot_cfg" / f"seed{seed}"
+                run = root / "few_shot" / dataset / f"shots_{shots}" / "CasPL_PromptSRC" / "few_shot_cfg" / f"seed{seed}"
                 write(run / "log.txt", train_log(accuracy))
     # CoOp's own layout: <dataset>/<trainer>/<cfg>_<K>shots/<variant>/seed<S>
-    write(tmp_path / "coop_out" / "dtd" / "CoOp" / "rn50_ep50_2shots" / "nctx16_cscFalse_ctpend" / "seed1" / "log.txt",
+    write(root / "coop_out" / "dtd" / "CoOp" / "rn50_ep50_2shots" / "nctx16_cscFalse_ctpend" / "seed1" / "log.txt",
           train_log(45.0))
+
+
+def test_few_shot_table(tmp_path):
+    make_few_shot(tmp_path)
     report = build_report(discover_runs(tmp_path), expect_seeds=1)
     assert report.flags == []
     tables = [t for t in report.tables if t.kind == "few_shot"]
@@ -276,19 +282,27 @@ def test_few_shot_table(tmp_path):
         assert table["Average"][f"{shots}_shots"] == pytest.approx(expected)
 
 
-def test_cross_dataset_table(tmp_path):
-    accuracies = {"imagenet": [71.2, 71.0], "caltech101": [94.0, 93.6], "eurosat": [48.1, 50.3],
-                  "imagenetv2": [64.3, 64.5], "imagenet_r": [77.9, 77.5], "ucf101": [68.0, 67.2]}
+XD = {"imagenet": [71.2, 71.0], "caltech101": [94.0, 93.6], "eurosat": [48.1, 50.3],
+      "imagenetv2": [64.3, 64.5], "imagenet_r": [77.9, 77.5], "ucf101": [68.0, 67.2]}
+
+
+def make_cross_dataset(root, accuracies=XD):
+    """PromptSRC trained on ImageNet and tested on ``accuracies``' targets; CoOp tested on DTD (two seeds)."""
     for dataset, values in accuracies.items():
         for seed, accuracy in enumerate(values, start=1):
             if dataset == "imagenet":
-                run = tmp_path / "xd" / "train" / "imagenet" / "shots_16" / "PromptSRC" / "xd_cfg" / f"seed{seed}"
+                run = root / "xd" / "train" / "imagenet" / "shots_16" / "PromptSRC" / "xd_cfg" / f"seed{seed}"
                 write(run / "log.txt", train_log(accuracy))
             else:
-                run = tmp_path / "xd" / "test" / dataset / "shots_16" / "PromptSRC" / "xd_cfg" / f"seed{seed}"
+                run = root / "xd" / "test" / dataset / "shots_16" / "PromptSRC" / "xd_cfg" / f"seed{seed}"
                 write(run / "log.txt", eval_log(accuracy))
     for seed in (1, 2):  # CoOp's evaluation layout
-        write(tmp_path / "evaluation" / "CoOp" / "vit_b16_16shots" / "dtd" / f"seed{seed}" / "log.txt", eval_log(44.0 + seed))
+        write(root / "evaluation" / "CoOp" / "vit_b16_16shots" / "dtd" / f"seed{seed}" / "log.txt", eval_log(44.0 + seed))
+
+
+def test_cross_dataset_table(tmp_path):
+    accuracies = XD
+    make_cross_dataset(tmp_path)
     report = build_report(discover_runs(tmp_path), expect_seeds=2)
     assert report.flags == []
     coop = next(t for t in report.tables if t.kind == "xd" and t.title.startswith("Cross-dataset / domain generalisation: CoOp"))
@@ -318,8 +332,9 @@ def test_cli_writes_files(tmp_path, capsys):
     for table in report.tables:
         assert (out / f"{table.name}.csv").is_file() and (out / f"{table.name}.md").read_text().startswith("## ")
     assert (out / "report.md").is_file() and not list(out.glob(".*tmp"))
-    charts = sorted(out.glob("base2new_*.png"))
-    assert len(charts) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)
+    charts = sorted(out.glob("*.png"))  # each trainer's table, the HM overview, CasPL_PromptSRC vs PromptSRC
+    assert {p.stem for p in charts} == {t.name for t in report.tables if t.kind.startswith("base2new")}
+    assert len(charts) == 4 and all(p.read_bytes()[:8] == PNG for p in charts)
     # the CSV round-trips
     table = next(t for t in report.tables if t.kind == "base2new")
     with open(out / f"{table.name}.csv", newline="") as file:
@@ -346,3 +361,157 @@ def test_cli_no_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "base2new/{train_base,test_new}" in err and "few_shot/" in err
     assert cli.main(["report", str(tmp_path / "absent")]) == 2
+
+
+# ---- charts: each layout's PNG, its data read back from the drawn figure equals the table --------
+
+def chart_of(report, name):
+    from caspl_plugin.report.charts import report_charts
+
+    return next(chart for chart in report_charts(report) if chart.name == name)
+
+
+def same(drawn, value):
+    """A drawn number against a table cell (a missing cell draws NaN)."""
+    return drawn != drawn if value is None else drawn == pytest.approx(value, abs=1e-9)
+
+
+def bars(axes):
+    """Series label -> (bar centres, heights), as drawn."""
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): ([p.get_x() + p.get_width() / 2 for p in c.patches], [p.get_height() for p in c.patches])
+            for c in axes.containers if isinstance(c, BarContainer)}
+
+
+def error_bars(axes):
+    """Series label -> {bar centre: half length} of the drawn error bars; every cap sits on one of them."""
+    from matplotlib.container import ErrorbarContainer
+
+    drawn = {}
+    for container in axes.containers:
+        if isinstance(container, ErrorbarContainer):
+            _, caps, (segments,) = container.lines
+            spans = {round(float(s[0][0]), 9): (float(s[1][1]) - float(s[0][1])) / 2 for s in segments.get_segments()}
+            assert all({round(float(x), 9) for x in cap.get_xdata()} == set(spans) for cap in caps)
+            drawn[container.get_label().lstrip("_").removesuffix(" ± std")] = spans
+    return drawn
+
+
+def test_base2new_charts_show_their_tables(tmp_path):
+    make_base2new(tmp_path)
+    write(b2n_dir(tmp_path, "train_base", "dtd", "PromptSRC", 1) / "log.txt", train_log(80.0))  # one seed, no novel
+    report = build_report(discover_runs(tmp_path))
+    table = next(t for t in report.tables if t.kind == "base2new" and t.label == "PromptSRC")
+    axes = chart_of(report, table.name).figure.axes[0]
+    drawn, spread = bars(axes), error_bars(axes)
+    assert list(drawn) == ["Base", "Novel", "HM"] and set(spread) == {"Base", "Novel"}  # HM: of the seed means
+    for label, key in (("Base", "base"), ("Novel", "novel"), ("HM", "hm")):
+        centres, heights = drawn[label]
+        assert all(same(h, v) for h, v in zip(heights, table.column(key), strict=True))
+        if key != "hm":  # error bars exactly on the rows with more than one seed: not dtd, not Average
+            expected = {round(x, 9): std for x, std, seeds in
+                        zip(centres, table.column(f"{key}_std"), table.column(f"{key}_seeds")) if (seeds or 0) > 1}
+            assert spread[label] == pytest.approx(expected) and len(expected) == 2
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["oxford_pets", "dtd", "eurosat", "Average"]
+
+    overview = next(t for t in report.tables if t.kind == "base2new_overview")
+    axes = chart_of(report, overview.name).figure.axes[0]
+    drawn = bars(axes)
+    assert list(drawn) == ["PromptSRC", "CasPL_PromptSRC"] and not error_bars(axes)  # each trainer before its cascade
+    assert all(all(same(h, v) for h, v in zip(drawn[name][1], overview.column(name), strict=True)) for name in drawn)
+    (light,), (dark,) = ({p.get_facecolor() for p in c.patches} for c in axes.containers)
+    assert light != dark  # one hue per pair, the cascade dark
+    delta = next(t for t in report.tables if t.kind == "base2new_delta")
+    drawn = bars(chart_of(report, delta.name).figure.axes[0])
+    for label, key in (("Δ Base", "base"), ("Δ Novel", "novel"), ("Δ HM", "hm")):
+        assert all(same(h, v) for h, v in zip(drawn[label][1], delta.column(f"{key}_delta"), strict=True))
+
+
+def test_few_shot_chart_writes_the_curves_of_the_table(tmp_path):
+    make_few_shot(tmp_path)
+    out = tmp_path / "tables"
+    assert cli.main(["report", str(tmp_path), "--out", str(out), "--expect-seeds", "1"]) == 0
+    assert (out / "few_shot.png").read_bytes()[:8] == PNG
+
+    report = build_report(discover_runs(tmp_path), expect_seeds=1)
+    tables = [t for t in report.tables if t.kind == "few_shot"]
+    figure = chart_of(report, "few_shot").figure
+    panels = {axes.get_title(): axes for axes in figure.axes if axes.axison}
+    assert list(panels) == ["Average", "caltech101", "dtd"]  # the Average first, as in CoOp's figure
+    checked = 0
+    for table in tables:
+        shots = sorted(int(c.split("_")[0]) for c in table.columns[1:] if c.endswith("_shots"))
+        for row in table.rows:
+            axes = panels[row[0]]
+            assert axes.get_xscale() == "log"
+            assert [t.get_text() for t in axes.get_xticklabels()] == ["1", "2", "4", "16"]
+            line = next(l for l in axes.get_lines() if l.get_label() == table.label)
+            means = [row[table.columns.index(f"{k}_shots")] for k in shots]
+            stds = [row[table.columns.index(f"{k}_shots_std")] for k in shots]
+            present = [(k, m, s) for k, m, s in zip(shots, means, stds) if m is not None]
+            assert list(line.get_xdata()) == [k for k, _, _ in present]
+            assert list(line.get_ydata()) == pytest.approx([m for _, m, _ in present])
+            bands = [c for c in axes.collections if c.get_label() == f"_{table.label} ± std"]
+            if any(s for _, _, s in present):  # the shaded band spans mean ± std at every shot
+                (band,) = bands
+                vertices = band.get_paths()[0].vertices
+                for k, m, s in present:
+                    ys = [y for x, y in vertices if x == k]
+                    assert (min(ys), max(ys)) == pytest.approx((m - (s or 0.0), m + (s or 0.0)))
+            else:  # one seed (CoOp) or an average of means: no band
+                assert bands == []
+            checked += 1
+    assert checked == 3 + 2  # CasPL_PromptSRC: two datasets and the Average; CoOp: dtd and the Average
+
+
+def test_cross_dataset_chart_writes_the_bars_of_the_table(tmp_path):
+    from caspl_plugin.report.charts import xd_categories
+
+    make_cross_dataset(tmp_path, {**XD, "imagenet_sketch": [46.0]})  # a target with one seed: no error bar
+    out = tmp_path / "tables"
+    assert cli.main(["report", str(tmp_path), "--out", str(out)]) == 0
+    assert (out / "xd.png").read_bytes()[:8] == PNG
+
+    report = build_report(discover_runs(tmp_path))
+    tables = [t for t in report.tables if t.kind == "xd"]
+    keys = xd_categories(tables)
+    assert keys[0] == ("source", "imagenet") and keys[-1] == ("average", "Average (domain-generalisation)")
+    axes = chart_of(report, "xd").figure.axes[0]
+    drawn, spread = bars(axes), error_bars(axes)
+    assert list(drawn) == ["CoOp", "PromptSRC"]
+    for table in tables:
+        centres, heights = drawn[table.label]
+        rows = {(row[0], row[1]): dict(zip(table.columns, row)) for row in table.rows}
+        for j, key in enumerate(keys):
+            assert same(heights[j], rows.get(key, {}).get("accuracy")), (table.label, key)
+        expected = {round(centres[keys.index(key)], 9): row["accuracy_std"] for key, row in rows.items()
+                    if (row["seeds"] or 0) > 1}
+        assert spread.get(table.label, {}) == pytest.approx(expected)
+    # zero-spread rows draw no error bar and no caps: the one-seed target and the averages
+    centres = drawn["PromptSRC"][0]
+    for key in (("domain-generalisation", "imagenet_sketch"), ("average", "Average (cross-dataset)")):
+        assert round(centres[keys.index(key)], 9) not in spread["PromptSRC"]
+    assert len(spread["PromptSRC"]) == len(XD) and len(spread["CoOp"]) == 1
+
+
+def test_demo_chart_draws_its_table_and_no_caps_on_single_runs(tmp_path, monkeypatch):
+    import caspl_plugin.report.charts as charts
+    from caspl_plugin.demo import DemoResult, chart, table_rows
+    from caspl_plugin.report import harmonic_mean
+
+    result = DemoResult()
+    for base, novel in ((80.0, 60.0), (84.0, 70.0)):
+        result.add("CoOp", base, novel)
+    result.add("Student, zero-shot", 70.0, 50.0)
+    figures, save_png = [], charts.save_png
+    monkeypatch.setattr(charts, "save_png", lambda figure, path: figures.append(figure) or save_png(figure, path))
+    path = chart(table_rows(result), tmp_path / "c.png", "title", "seeds 1, 2")
+    assert path.read_bytes()[:8] == PNG
+    axes = figures[0].axes[0]
+    drawn, spread = bars(axes), error_bars(axes)
+    assert drawn["Base"][1] == [82.0, 70.0] and drawn["Novel"][1] == [65.0, 50.0]
+    assert drawn["HM"][1] == pytest.approx([harmonic_mean(82.0, 65.0), harmonic_mean(70.0, 50.0)])
+    # CoOp ran twice: ± the population std of its seeds; the zero-shot row ran once: no bar, no caps
+    assert spread == {"Base": {round(drawn["Base"][0][0], 9): pytest.approx(2.0)},
+                      "Novel": {round(drawn["Novel"][0][0], 9): pytest.approx(5.0)}}

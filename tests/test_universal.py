@@ -141,9 +141,11 @@ def test_each_domain_kd_loss_uses_its_own_classes_and_template(tiny_student, tin
 
 
 def test_switching_domains_tokenizes_each_class_set_once_and_encodes_each_text_once(tiny_student, tiny_teacher, monkeypatch):
+    import caspl_plugin.boosting.model as boosting_model
+
     encoded = []
-    encode_text = tiny_teacher.model.encode_text
-    monkeypatch.setattr(tiny_teacher.model, "encode_text", lambda tokens: encoded.append(len(tokens)) or encode_text(tokens))
+    encode = boosting_model.encode_token_ids  # the teacher's class texts go through it
+    monkeypatch.setattr(boosting_model, "encode_token_ids", lambda model, tokens: encoded.append(len(tokens)) or encode(model, tokens))
     distiller = build_distiller(tiny_student, tiny_teacher, None, None, BoostingConfig(2, 2, 2, 2),
                                 generator=torch.Generator().manual_seed(0), domains=[DOMAIN_A, DOMAIN_B])
     assert encoded == [3, 4]  # the first domain's class features serve as the main class set too
@@ -295,29 +297,7 @@ def test_artifact_domain_records_are_validated(tiny_student):
                                             domains=[{k: v for k, v in record.items() if k != "num_images"}])
 
 
-# ---- the demo's chart and `caspl demo --universal` ---------------------------------------------
-
-def test_chart_draws_error_bars_of_the_seed_std(tmp_path, monkeypatch):
-    import matplotlib.axes
-
-    from caspl_plugin.demo import DemoResult, chart, table_rows
-
-    result = DemoResult()
-    for base, novel in ((80.0, 60.0), (84.0, 70.0)):
-        result.add("CoOp", base, novel)
-    result.add("Student, zero-shot", 70.0, 50.0)
-    drawn = []
-    real_bar = matplotlib.axes.Axes.bar
-
-    def recording_bar(self, *args, **kwargs):
-        drawn.append(kwargs.get("yerr"))
-        return real_bar(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "bar", recording_bar)
-    path = chart(table_rows(result), tmp_path / "c.png", "title", "seeds 1, 2")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert drawn[0] == [pytest.approx(2.0), 0.0] and drawn[1] == [pytest.approx(5.0), 0.0]
-
+# ---- `caspl demo --universal` (the demo's chart: tests/test_report.py) --------------------------
 
 def test_demo_universal_quick_prints_the_held_out_table(tmp_path, capsys):
     """The one slower test of this file (the quick universal demo, ~20 s idle)."""
@@ -351,8 +331,8 @@ class _Recorder(torch.nn.Module):
         return (self.weight - images.mean()) ** 2, {"loss": torch.tensor(0.0)}
 
 
-def test_fit_follows_the_batch_plan_one_domain_per_batch_and_stops_at_max_steps():
-    from caspl_plugin.engine import fit
+def test_tensor_data_follows_the_batch_plan_one_domain_per_batch_and_the_loop_stops_at_max_steps():
+    from caspl_plugin.engine import LoopConfig, TensorData, train_epochs
 
     sizes, offsets = [5, 9], [0, 5]
     images = torch.arange(14.0).reshape(14, 1)  # image i is the number i
@@ -366,7 +346,9 @@ def test_fit_follows_the_batch_plan_one_domain_per_batch_and_stops_at_max_steps(
 
     objective = _Recorder()
     optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
-    fit(objective, images, None, optimizer, epochs=10, batch_size=2, plan=plan, max_steps=11, domain=domain_of)
+    report = train_epochs(objective, TensorData(images, plan=plan, domain=domain_of), optimizer,
+                          LoopConfig(epochs=10, batch_size=2, max_steps=11))
+    assert report.steps == 11 and len(report.epoch_losses) == 2
     assert len(objective.batches) == 11  # 4 batches per domain and epoch (even): 8, then 3 of the second epoch
     assert epochs_seen == [0, 1]
     for numbers, domains in objective.batches:

@@ -12,13 +12,12 @@ import logging
 import os.path as osp
 from typing import ClassVar
 
-import torch
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from torch import nn
 
 from caspl_plugin.clip import create_clip
-from caspl_plugin.engine import autocast
+from caspl_plugin.engine import autocast, training_step
 from caspl_plugin.methods import PromptModel, get_method
 from caspl_plugin.prompts import PromptedCLIP
 
@@ -50,8 +49,9 @@ class LearnableView(nn.Module):
         return super().train(mode)
 
 
-class AggregationState(nn.Module):
-    """PromptSRC's Gaussian prompt aggregation (GPA) state for Dassl checkpoints, so resume works."""
+class TrainingState(nn.Module):
+    """The model's :meth:`~caspl_plugin.methods.PromptModel.training_state` (PromptSRC's prompt
+    aggregation) in Dassl's checkpoints, so resume continues it."""
 
     def __init__(self, model: nn.Module, max_epoch: int):
         super().__init__()
@@ -59,21 +59,10 @@ class AggregationState(nn.Module):
         self.max_epoch = max_epoch
 
     def state_dict(self, *args, **kwargs):
-        gpa = self.model.gpa
-        if gpa is None:
-            return {}
-        state = gpa.state_dict()
-        return {**{f"sums.{k}": v for k, v in state["sums"].items()}, "recorded": torch.tensor(state["recorded"], dtype=torch.long)}
+        return dict(self.model.training_state())
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if not state_dict:
-            return
-        from caspl_plugin.methods.promptsrc import GaussianPromptAggregation
-
-        model = self.model
-        model.gpa = GaussianPromptAggregation(model, self.max_epoch, model.gpa_mean, model.gpa_std)
-        sums = {k[len("sums."):]: v for k, v in state_dict.items() if k.startswith("sums.")}
-        model.gpa.load_state_dict({"sums": sums, "recorded": state_dict["recorded"].tolist()})
+        self.model.load_training_state(dict(state_dict), self.max_epoch)
 
 
 def load_backbone(cfg, name: str = "", weights: str = ""):
@@ -84,6 +73,21 @@ def load_backbone(cfg, name: str = "", weights: str = ""):
         (weights or backbone.get("WEIGHTS", "")) or None,
         weights_dir=backbone.get("WEIGHTS_DIR", "") or None,
     )
+
+
+def prompted_clip(cfg, backbone) -> PromptedCLIP:
+    """The student's prompted CLIP with ``MODEL.BACKBONE.TEXT_CHUNK`` applied."""
+    clip = PromptedCLIP(backbone)
+    clip.text_chunk = text_chunk_of(cfg)
+    return clip
+
+
+def text_chunk_of(cfg):
+    """``MODEL.BACKBONE.TEXT_CHUNK`` as rows per text-tower pass (None: all classes in one pass)."""
+    rows = cfg.MODEL.BACKBONE.get("TEXT_CHUNK", 0)
+    if not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"MODEL.BACKBONE.TEXT_CHUNK must be an int >= 0 (0: all classes in one pass), got {rows!r}")
+    return rows or None
 
 
 def precision_of(node) -> str:
@@ -109,6 +113,7 @@ class PromptTrainer(TrainerX):
 
     def check_cfg(self, cfg):
         precision_of(self.method_cfg(cfg))
+        text_chunk_of(cfg)
 
     @classmethod
     def method_cfg(cls, cfg):
@@ -122,7 +127,7 @@ class PromptTrainer(TrainerX):
         cfg = self.cfg
         self.precision = precision_of(self.method_cfg(cfg))
         backbone = load_backbone(cfg)
-        self.clip = PromptedCLIP(backbone)
+        self.clip = prompted_clip(cfg, backbone)
         classnames = self.dm.dataset.classnames
         model: PromptModel = get_method(self.method)(self.clip, classnames, **self.model_kwargs(cfg))
         self.model = model.to(self.device)
@@ -136,20 +141,19 @@ class PromptTrainer(TrainerX):
         else:
             self.register_model(LEARNER, learnable, None, None)
         if getattr(self.model, "gpa_mean", None) is not None:
-            self.register_model("aggregation", AggregationState(self.model, self.max_epoch), None, None)
+            self.register_model("aggregation", TrainingState(self.model, self.max_epoch), None, None)
 
     def set_model_mode(self, mode="train", names=None):
         super().set_model_mode(mode, names)
         self.model.train(mode == "train")
 
     def forward_backward(self, batch):
+        """The engine's step (autocast, GradScaler for fp16 on CUDA) with Dassl's optimizer."""
         images, labels = self.parse_batch_train(batch)
-        with autocast(self.device, self.precision):
-            loss, metrics = self.model.loss(images, labels)
-        self.model_backward_and_update(loss)
+        metrics = training_step(self.model, images, labels, self.optim, self.precision)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
-        return {k: float(v) for k, v in metrics.items()}
+        return metrics
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

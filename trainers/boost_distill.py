@@ -25,10 +25,10 @@ from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact
-from caspl_plugin.engine import autocast
+from caspl_plugin.engine import autocast, training_step
 from caspl_plugin.plugin.config import BOOSTING_FILE
 
-from .base import LearnableView, load_backbone, precision_of
+from .base import LearnableView, load_backbone, precision_of, text_chunk_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class BoostDistill(TrainerX):
     def check_cfg(self, cfg):
         node = cfg.TRAINER.BOOSTDISTILL
         precision_of(node)
+        text_chunk_of(cfg)
         if node.TEACHER_SCALE not in ("own", "student"):
             raise ValueError(f"TRAINER.BOOSTDISTILL.TEACHER_SCALE must be 'own' or 'student', got {node.TEACHER_SCALE!r}")
         if node.DOMAIN_SAMPLING not in ("size", "even"):
@@ -87,6 +88,7 @@ class BoostDistill(TrainerX):
             generator=torch.Generator().manual_seed(cfg.SEED) if cfg.SEED >= 0 else None,
         ).to(self.device)
         self.model = self.distiller.student
+        self.model.clip.text_chunk = text_chunk_of(cfg)
         learnable = LearnableView(self.model)
         spec = self.model.boosting.spec
         if self.domains:
@@ -170,10 +172,7 @@ class BoostDistill(TrainerX):
         if batch["img"] is not None:  # a batch whose images were all unreadable trains nothing
             images = self.parse_batch_train(batch)
             extras = {key: batch[key].to(self.device) for key in ("teacher_features", "domain") if key in batch}
-            with autocast(self.device, self.precision):
-                loss, metrics = self.distiller.loss(images, **extras)
-            self.model_backward_and_update(loss)
-            summary = {k: float(v) for k, v in metrics.items()}
+            summary = training_step(self.distiller, images, None, self.optim, self.precision, **extras)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary

@@ -92,7 +92,7 @@ class BoostingArtifact:
         boosting prompts from several domains): one record per domain with ``name``, ``num_classes``,
         ``class_names_sha256``, ``template``, ``num_images`` (and optionally ``class_names``).
         """
-        from caspl_plugin import __version__
+        from caspl_plugin.version import __version__
 
         geometry = _geometry(student)
         tensors = {}

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..methods.base import PromptModel
 from ..prompts import PromptedCLIP, PromptGroup, PromptSpec
+from ..prompts.text import encode_token_ids
 
 if TYPE_CHECKING:
     from ..clip import Backbone
@@ -90,7 +91,7 @@ class ZeroShotTeacher(nn.Module):
         def encode(names: Sequence[str], template: str) -> Tensor:
             with torch.no_grad():
                 tokens = teacher.tokenizer([template.format(str(n).replace("_", " ")) for n in names]).to(device)
-                return F.normalize(model.encode_text(tokens).float(), dim=-1)
+                return F.normalize(encode_token_ids(model, tokens).float(), dim=-1)
 
         self.register_buffer("text_features", encode(self.class_names, template), persistent=False)
         # multi-domain phase 1: every domain's class features, computed now (the text tower is not

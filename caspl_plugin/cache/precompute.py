@@ -286,7 +286,7 @@ def build_teacher_cache(
                 feature_dim = int(handle.get_slice("features").get_shape()[-1])
             shards[name] = {"rows": shards[name]["rows"], "feature_dim": feature_dim, "bytes": path.stat().st_size,
                             "sha256": file_sha256(path)}
-        from .. import __version__
+        from ..version import __version__
 
         index = {
             "format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,

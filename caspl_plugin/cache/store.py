@@ -600,7 +600,7 @@ def domain_cache_folders(folder: str | os.PathLike, names: Sequence[str]) -> dic
 
 def write_domains_index(folder: str | os.PathLike, counts: dict[str, int]) -> None:
     """The set's ``domains.json``: each domain's folder and image count, and its content_sha256 (rank 0 writes it)."""
-    from .. import __version__
+    from ..version import __version__
 
     index = {"format": DOMAINS_FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
              "domains": {name: {"folder": name, "images": int(count)} for name, count in counts.items()}}

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: commands that compute on the CPU or GPU: they take ``--threads``
+COMPUTING = ("demo", "distill", "adapt", "teacher-cache", "classify", "export")
+
+
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
@@ -35,7 +39,7 @@ BROKEN_PIPE_EXIT = 141
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``caspl`` parser; only ``command``'s module is imported to add its arguments."""
-    from caspl_plugin import __version__
+    from caspl_plugin.version import __version__
 
     parser = argparse.ArgumentParser(prog="caspl", description="Cascade Prompt Learning (CasPL) for CLIP.")
     parser.add_argument("--version", action="version", version=f"caspl-plugin {__version__}")
@@ -47,7 +51,21 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
             module = importlib.import_module(f"{__name__}.{module_name}")
             module.add_arguments(command_parser)
             command_parser.set_defaults(_module=module)
+            if name in COMPUTING:
+                command_parser.add_argument(
+                    "--threads", type=_threads, metavar="N",
+                    help="CPU threads for torch (default: the CPUs this process may use less those busy right now, "
+                         "at least 1; or $CASPL_THREADS). On a shared server, 1 per process avoids stalls")
     return parser
+
+
+def _threads(text: str) -> int:
+    from caspl_plugin.threads import parse_threads
+
+    try:
+        return parse_threads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--threads expects ", "expected ")) from None
 
 
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
@@ -102,6 +120,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in COMPUTING:
+            from caspl_plugin.threads import configure_threads
+
+            configure_threads(args.threads, local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         return int(args._module.run(args) or 0)
     except (CommandError, FileNotFoundError, ValueError) as error:
         print(f"caspl {args.command}: error: {error_text(error)}", file=sys.stderr)

@@ -23,12 +23,10 @@ import random
 from pathlib import Path
 
 from . import CommandError
-from .distill import BATCH_HELP, add_loop_arguments, check_tensorboard, run_distributed, say
+from .distill import BATCH_HELP, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say
 from .runguard import guarded_run
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "caspl-adapt-checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="train on all classes, or the base / new half; with 'base' the test reports base, novel and HM")
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="coop", help="coop, cocoop, ivlp, maple or promptsrc (any registered method)")
-    method.add_argument("--preset", help="a preset of the method (default: caspl_base2novel with --boosting, else base2novel, when it has one)")
+    method.add_argument("--preset", help="a preset of the method (default: caspl_base2novel with --boosting, else base2novel, "
+                                         "when it has one); PromptSRC's caspl_* presets place the boosting prompts at "
+                                         "PromptSRC's depth, the authors' rule, as the CasPL_PromptSRC Dassl configs do "
+                                         "(layers the artifact lacks: random tokens drawn from --seed)")
     method.add_argument("--boosting", metavar="ARTIFACT", help="boosting prompts from `caspl distill` (CasPL_<Method>); frozen")
     method.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="override a method setting of the preset (VALUE is JSON, else a string), e.g. n_ctx=4")
@@ -170,30 +171,20 @@ def _load_data(args):
     return splits.train, splits.test, novel_test
 
 
-# ---- checkpoint state of a method (learnable tensors + PromptSRC's GPA) ----------------------
+def _settings(args, preset):
+    """The preset's training recipe with the flags given on top (a flag not given keeps the preset's)."""
+    from caspl_plugin.methods import AdaptSettings
 
-def _state_tensors(model) -> dict:
-    tensors = {f"param.{k}": v for k, v in model.learnable_state_dict().items()}
-    gpa = getattr(model, "gpa", None)
-    if gpa is not None:
-        tensors.update({f"gpa.{k}": v for k, v in gpa.state_dict()["sums"].items()})
-    return tensors
-
-
-def _load_state(model, tensors: dict, metadata: dict, epochs: int) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("param."):
-                params[key[len("param."):]].copy_(value)
-    if metadata.get("gpa_recorded") is not None:
-        from caspl_plugin.methods.promptsrc import GaussianPromptAggregation
-
-        model.gpa = GaussianPromptAggregation(model, epochs, model.gpa_mean, model.gpa_std)
-        model.gpa.load_state_dict({"sums": {k[len("gpa."):]: v for k, v in tensors.items() if k.startswith("gpa.")},
-                                   "recorded": metadata["gpa_recorded"]})
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise CommandError(f"{flag} must be >= 1, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise CommandError(f"--lr must be > 0, got {args.lr}")
+    try:
+        return AdaptSettings.from_preset(preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                         precision=args.precision, num_workers=args.workers, seed=args.seed)
+    except ValueError as error:
+        raise CommandError(f"--preset {preset.name if preset else None}: {error}") from None
 
 
 def _run(args, device) -> int:
@@ -204,11 +195,9 @@ def _run(args, device) -> int:
     from caspl_plugin.clip import create_clip
     from caspl_plugin.data.labeled import LabeledImages, class_names_of
     from caspl_plugin.data.unlabeled import eval_transform, train_transform
-    from caspl_plugin.engine import (
-        LoopConfig, LoopReport, epoch_lr, evaluate, load_checkpoint, make_optimizer, save_checkpoint, train_epochs,
-    )
+    from caspl_plugin.engine import evaluate
     from caspl_plugin.inference import save_classifier
-    from caspl_plugin.methods import cascade
+    from caspl_plugin.methods import cascade, run_adaptation
     from caspl_plugin.prompts import PromptedCLIP
     from caspl_plugin.report import harmonic_mean
 
@@ -219,16 +208,7 @@ def _run(args, device) -> int:
     if args.boosting and not Path(args.boosting).is_file():
         raise CommandError(f"--boosting {args.boosting}: no such file")
     cls, preset = _method_and_preset(args)
-    train_settings = dict(preset.train) if preset else {}
-    epochs = args.epochs if args.epochs is not None else int(train_settings.get("epochs", 10))
-    batch_size = args.batch_size if args.batch_size is not None else int(train_settings.get("batch_size", 32))
-    lr = args.lr if args.lr is not None else float(train_settings.get("lr", 0.002))
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if value < 1:
-            raise CommandError(f"{flag} must be >= 1, got {value}")
-    if lr <= 0:
-        raise CommandError(f"--lr must be > 0, got {lr}")
-    warmup_epochs, warmup_lr = int(train_settings.get("warmup_epochs", 1)), float(train_settings.get("warmup_lr", 1e-5))
+    settings = _settings(args, preset)
     model_settings = {**(preset.model if preset else {}), **_model_args(args.model_arg)}
     check_tensorboard(args.tensorboard)
     train, test, novel_test = _load_data(args)
@@ -238,47 +218,30 @@ def _run(args, device) -> int:
         torch.manual_seed(args.seed)
         student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
         try:
-            model = cascade(cls, PromptedCLIP(student), names, args.boosting, **model_settings).to(device)
+            model = cascade(cls, PromptedCLIP(student), names, args.boosting, boosting_seed=args.seed,
+                            **(preset.cascade if preset else {}), **model_settings).to(device)
         except ArtifactError as error:
             raise CommandError(f"--boosting {args.boosting}: {error}") from None
         except TypeError as error:
             raise CommandError(f"method {cls.method!r} does not take these settings {model_settings}: {error}") from None
+        apply_text_chunk(model.clip, args.text_chunk)
         label = ("CasPL_" if model.boosting is not None else "") + cls.method
         say(f"{label} ({preset.name if preset else 'defaults'}) on {student.name}: {len(names)} classes, "
-            f"{len(train)} training images, {epochs} epochs, batch {batch_size} x {distributed.world_size()} "
-            f"process(es), lr {lr} (as given)")
-        optimizer = make_optimizer(model.learnable_parameters(), lr,
-                                   train_settings.get("momentum", 0.9), train_settings.get("weight_decay", 5e-4))
-        identity = {"method": cls.method, "settings": model.settings(), "class_names": names, "epochs": epochs,
-                    "batch_size": batch_size, "lr": lr, "seed": args.seed, "shots": args.shots,
-                    "world_size": distributed.world_size(),
-                    "boosting": getattr(model.boosting, "artifact_sha256", None) if model.boosting is not None else None}
-        start_epoch, report = 0, LoopReport()
-        if args.resume and checkpoint.is_file():
-            try:
-                start_epoch, report, tensors, metadata = load_checkpoint(
-                    checkpoint, format=CHECKPOINT_FORMAT, optimizer=optimizer, identity=identity)
-            except ArtifactError as error:
-                raise CommandError(str(error)) from None
-            _load_state(model, tensors, metadata, epochs)
-            say(f"resuming from {checkpoint} at epoch {start_epoch + 1}/{epochs}")
-        elif args.resume:
-            say(f"--resume: no checkpoint at {checkpoint}, starting from scratch")
-
-        def save(next_epoch: int, report: LoopReport) -> None:
-            gpa = getattr(model, "gpa", None)
-            save_checkpoint(checkpoint, format=CHECKPOINT_FORMAT, tensors=_state_tensors(model), optimizer=optimizer,
-                            next_epoch=next_epoch, report=report, identity=identity,
-                            metadata={"gpa_recorded": None if gpa is None else gpa.state_dict()["recorded"]})
-
+            f"{len(train)} training images, {settings.epochs} epochs, batch {settings.batch_size} x "
+            f"{distributed.world_size()} process(es), lr {settings.lr} (as given)")
         geometry = model.clip.geometry
         dataset = LabeledImages(train, train_transform(geometry["image_size"], model.clip.mean, model.clip.std))
-        config = LoopConfig(
-            epochs=epochs, batch_size=batch_size, seed=args.seed, precision=args.precision, num_workers=args.workers,
-            progress=None if args.no_progress else "adapt", tensorboard=args.tensorboard,
-            lr_at=lambda epoch: epoch_lr(epoch, lr, epochs, warmup_epochs, warmup_lr),
-        )
-        report = train_epochs(model, dataset, optimizer, config, start_epoch=start_epoch, report=report, save=save)
+        if args.resume and checkpoint.is_file():
+            say(f"resuming from {checkpoint}")
+        elif args.resume:
+            say(f"--resume: no checkpoint at {checkpoint}, starting from scratch")
+        try:
+            report = run_adaptation(model, dataset, settings, checkpoint=checkpoint, resume=args.resume,
+                                    progress=not args.no_progress, tensorboard=args.tensorboard,
+                                    identity={"shots": args.shots})
+        except ArtifactError as error:
+            raise CommandError(str(error)) from None
+        epochs, batch_size, lr = settings.epochs, settings.batch_size, settings.lr
 
         if distributed.is_main():
             evaluation = {}
@@ -297,6 +260,7 @@ def _run(args, device) -> int:
             extra = {"training": {"epochs": epochs, "batch_size": batch_size, "world_size": distributed.world_size(),
                                   "lr": lr, "seed": args.seed, "shots": args.shots, "subsample": args.subsample,
                                   "precision": args.precision, "preset": preset.name if preset else None,
+                                  "optimizer": settings.optimizer, "warmup_epochs": settings.warmup_epochs,
                                   "final_loss": report.epoch_losses[-1], "steps": report.steps,
                                   "skipped_images": len(report.skipped)},
                      "evaluation": evaluation}

@@ -1,7 +1,7 @@
 """``caspl demo``: CasPL end to end on the embedded toy domain and tiny pre-trained CLIPs.
 
 ``caspl demo --universal``: universal boosting prompts (one phase 1 for several toy domains),
-measured on a held-out domain and on the seen ones (see :mod:`caspl_plugin.demo_universal`).
+measured on a held-out domain and on the seen ones (see :mod:`caspl_plugin.demo.universal`).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(args) -> int:
 
 def _run_universal(args) -> int:
     from caspl_plugin.demo import format_table
-    from caspl_plugin.demo_universal import UniversalSettings, run_universal_demo, verdict, write_universal_outputs
+    from caspl_plugin.demo import UniversalSettings, run_universal_demo, verdict, write_universal_outputs
 
     seeds = tuple(args.seeds or ((1,) if args.quick else (1, 2, 3)))
     settings = UniversalSettings.quick(seeds=seeds) if args.quick else UniversalSettings(seeds=seeds)

@@ -84,6 +84,25 @@ def add_loop_arguments(group) -> None:
     group.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     group.add_argument("--tensorboard", metavar="DIR", help="write tensorboard scalars (train/loss, train/lr, ...) to DIR (rank 0)")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output (also under torchrun)")
+    group.add_argument("--text-chunk", type=_rows_per_pass, metavar="ROWS",
+                       help="at most ROWS class prompts per text-tower pass, recomputed in the backward pass: the same "
+                            "result in less memory, for class sets too large for it (e.g. ImageNet on a small GPU); "
+                            "default: all classes in one pass")
+
+
+def _rows_per_pass(text: str) -> int:
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of class prompts per pass >= 1, got {text!r}")
+    return rows
+
+
+def apply_text_chunk(clip, rows) -> None:
+    """--text-chunk on a built model's prompted CLIP."""
+    clip.text_chunk = rows
 
 
 def check_tensorboard(folder) -> None:
@@ -310,6 +329,7 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
         teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
         domains=[d.classes for d in domains] if domains else None,
     ).to(device)
+    apply_text_chunk(distiller.student.clip, args.text_chunk)
     teacher_weights = str(teacher.weights)
     del teacher  # the distiller keeps the class features, not the teacher's text tower
     spec = distiller.student.boosting.spec

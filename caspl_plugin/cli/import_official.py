@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caspl_plugin.artifacts.official import import_official
+    from caspl_plugin.boosting.official import import_official
     from caspl_plugin.data.classnames import read_class_names_file
 
     class_names = None

@@ -1,7 +1,9 @@
 """``caspl report OUTPUT_DIR``: tables of finished Dassl runs (base-to-novel, few-shot, cross-dataset).
 
-Prints the tables, lists suspicious runs, and writes every table as CSV and Markdown (plus a
-base / novel / HM bar chart per base-to-novel table when matplotlib is installed) into ``--out``.
+Prints the tables, lists suspicious runs, and writes every table as CSV and Markdown into ``--out``,
+with a PNG chart of every results table when matplotlib is installed (base / novel / HM bars per
+base-to-novel table, the HM overview and the comparisons; few-shot curves; cross-dataset / domain
+generalisation bars; :mod:`caspl_plugin.report.charts`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="append", default=[], metavar="TRAINER",
                         help="also compare every base-to-novel trainer against this one (repeatable); "
                              "CasPL_X is always compared with X")
-    parser.add_argument("--no-chart", action="store_true", help="do not draw the bar charts")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the charts")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else root / "report"
     written = write_tables(report, out)
     if not args.no_chart:
+        from caspl_plugin.report.charts import MatplotlibMissing
+
         try:
             written += save_charts(report, out)
-        except ImportError:
-            print("caspl report: warning: matplotlib is not installed, bar charts skipped (pip install matplotlib)",
-                  file=sys.stderr)
+        except MatplotlibMissing as error:
+            print(f"caspl report: warning: {error}", file=sys.stderr)
     print(f"wrote {len(written)} files to {out}")
     return 0

@@ -6,14 +6,13 @@ trainers' steps, in one process or under ``torchrun``.
 - :mod:`.loop`: the epoch loop over a dataset (:func:`train_epochs`), its batch plan and logs;
 - :mod:`.checkpoint`: resumable checkpoints (safetensors + JSON);
 - :mod:`.evaluate`: accuracy over a labeled dataset;
-- :mod:`.fit`: training on in-memory tensors.
+- :mod:`.tensors`: in-memory tensors as a dataset of the loop (the demos).
 
 An *objective* is any module with ``loss(images, labels, **extras) -> (loss, metrics)``: a method
 model (phase 2) or a :class:`~caspl_plugin.boosting.BoostingDistiller` (phase 1).
 """
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import EvalResult, evaluate
-from .fit import fit
 from .loop import (
     LoopConfig,
     LoopReport,
@@ -34,9 +33,10 @@ from .step import (
     synced_step,
     training_step,
 )
+from .tensors import TensorData
 
 __all__ = [
     "PRECISIONS", "autocast", "autocast_dtype", "epoch_lr", "grad_scaler", "make_optimizer", "set_lr",
-    "synced_step", "training_step", "fit", "LoopConfig", "LoopReport", "PlannedBatchSampler", "TrainingInterrupted", "collate_items",
+    "synced_step", "training_step", "TensorData", "LoopConfig", "LoopReport", "PlannedBatchSampler", "TrainingInterrupted", "collate_items",
     "open_tensorboard", "train_epochs", "load_checkpoint", "save_checkpoint", "EvalResult", "evaluate",
 ]

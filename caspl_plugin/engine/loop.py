@@ -63,13 +63,14 @@ class LoopConfig:
 
     epochs: int
     batch_size: int
-    lr_at: Callable[[int], float]
+    lr_at: Optional[Callable[[int], float]] = None  # None: the optimizer's own lr throughout
     seed: int = 1
     precision: str = "fp32"
     num_workers: int = 0
     progress: Optional[str] = None  # progress-bar label; None = no bars
     tensorboard: Optional[str] = None  # log folder (rank 0 writes)
     log_label: str = "loss"
+    max_steps: Optional[int] = None  # stop after this many steps (the last epoch may be partial)
 
 
 @dataclass
@@ -254,8 +255,9 @@ def train_epochs(
     objective.train()
     try:
         for epoch in range(start_epoch, config.epochs):
-            lr = config.lr_at(epoch)
-            set_lr(optimizer, lr)
+            if config.lr_at is not None:
+                set_lr(optimizer, config.lr_at(epoch))
+            lr = optimizer.param_groups[0]["lr"]
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             torch.manual_seed(augmentation_seed(config.seed, epoch, rank))
@@ -269,6 +271,8 @@ def train_epochs(
             bar = tqdm(iter(loader), total=len(loader), desc=desc, leave=False,
                        disable=config.progress is None or not distributed.is_main())
             for step, batch in enumerate(bar):
+                if config.max_steps is not None and report.steps >= config.max_steps:
+                    break
                 skipped.update(batch.skipped)
                 local = 0 if batch.images is None else len(batch.images)
                 counted = distributed.all_reduce_sum(torch.tensor([local], dtype=torch.float64, device=device))
@@ -307,6 +311,8 @@ def train_epochs(
                 saved_epochs = epoch + 1
             if on_epoch_end is not None:
                 on_epoch_end(epoch, total / count)
+            if config.max_steps is not None and report.steps >= config.max_steps:
+                break
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt as interrupt:

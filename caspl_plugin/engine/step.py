@@ -41,8 +41,9 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
 
 
 def grad_scaler(optimizer: torch.optim.Optimizer, device: torch.device | str, precision: str):
-    """The GradScaler of ``optimizer`` for fp16 on CUDA (one per optimizer, kept across steps); else None."""
-    if precision != "fp16" or torch.device(device).type != "cuda":
+    """The GradScaler of ``optimizer`` when ``precision`` computes in float16 on CUDA (``fp16``, and
+    ``amp`` there): one per optimizer, kept across steps; else None."""
+    if torch.device(device).type != "cuda" or autocast_dtype(device, precision) != torch.float16:
         return None
     scaler = _SCALERS.get(optimizer)
     if scaler is None:

@@ -69,7 +69,7 @@ def _require_export_packages() -> None:
 
 def build_metadata(model: nn.Module, *, quantization: str = "none", source_sha256: Optional[str] = None) -> dict[str, str]:
     """Our ``metadata_props`` (string values; lists and dicts as JSON) for ``model``'s export."""
-    from .. import __version__
+    from ..version import __version__
 
     from ..data.classnames import ClassNamesError, check_class_names
 

@@ -158,6 +158,16 @@ class PromptModel(nn.Module):
         names = {id(p) for p in self.learnable_parameters()}
         return {k: v.detach() for k, v in self.named_parameters() if id(v) in names}
 
+    def training_state(self) -> dict[str, Tensor]:
+        """What a resumed run needs besides the learnable tensors and the optimizer (e.g. PromptSRC's
+        prompt aggregation), as tensors: every checkpoint (``caspl adapt``, Dassl) stores it."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor], max_epoch: int) -> None:
+        """Restore :meth:`training_state` into a run of ``max_epoch`` epochs."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no training state, got {sorted(state)[:4]}")
+
     def settings(self) -> dict:
         """Constructor keyword arguments (JSON values) that rebuild this model: recorded in artifacts,
         so ``type(self)(clip, class_names, **settings)`` gives the same architecture."""

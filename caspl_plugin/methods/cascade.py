@@ -8,8 +8,10 @@ Boosting depth (``boosting_depth``): ``"artifact"`` (default) places the boostin
 they were trained with. ``"method"`` is the authors' rule in ``CasPL_PromptSRC``: the boosting prompts
 get the *method's* prompt depth — trained layers are kept up to that depth, deeper trained layers are
 dropped, and layers the artifact lacks are filled with frozen random N(0, 0.02) tokens drawn from
-``torch.Generator().manual_seed(boosting_seed)`` (one ``[depth, n, width]`` draw per encoder, text
-first). Methods without deep prompts of their own (CoOp, CoCoOp) keep the artifact's depth.
+``torch.Generator().manual_seed(seed)`` (one ``[depth, n, width]`` draw per encoder, text first),
+``seed`` being ``boosting_seed`` or, by default, the run's seed (what ``torch.manual_seed`` was last
+given, as the authors draw them from the run's seeded RNG): seeds 1/2/3 get their own fillers.
+Methods without deep prompts of their own (CoOp, CoCoOp) keep the artifact's depth.
 """
 from __future__ import annotations
 
@@ -78,6 +80,12 @@ def boosting_group_from_artifact(
     return group
 
 
+def run_seed() -> int:
+    """The run's seed: what the global RNG was last seeded with (``torch.manual_seed``, Dassl's
+    ``SEED``, ``caspl adapt --seed``)."""
+    return int(torch.initial_seed())
+
+
 def method_prompt_depth(model) -> Optional[Tuple[int, int]]:
     """``(text, vision)`` depth of a method's own deep prompts; None for methods without (CoOp, CoCoOp)."""
     spec = getattr(model, "prompt_spec", None)
@@ -103,15 +111,15 @@ def cascade(
     *,
     learnable_boosting: bool = False,
     boosting_depth: str = "artifact",
-    boosting_seed: int = 0,
+    boosting_seed: Optional[int] = None,
     **method_kwargs,
 ) -> PromptModel:
     """Build ``method`` on ``clip`` with the boosting prompts of ``boosting`` cascaded in front.
 
     ``boosting=None`` gives the method alone. ``learnable_boosting=True`` fine-tunes the boosting
     prompts too (the paper's ablation); by default they are frozen. ``boosting_depth="method"``
-    applies the authors' depth rule (module docstring; ``boosting_seed`` seeds its random fill); it
-    needs an artifact, not a ready :class:`PromptGroup`.
+    applies the authors' depth rule (module docstring; ``boosting_seed`` seeds its random fill, None:
+    the run's seed, :func:`run_seed`); it needs an artifact, not a ready :class:`PromptGroup`.
     """
     check_boosting_depth(boosting_depth)
     cls = get_method(method) if isinstance(method, str) else method
@@ -124,7 +132,8 @@ def cascade(
         artifact = boosting if isinstance(boosting, BoostingArtifact) else BoostingArtifact.load(boosting)
         model = cls(clip, class_names, **method_kwargs)
         group = boosting_group_from_artifact(artifact, clip.geometry, learnable=learnable_boosting,
-                                             method_depth=method_prompt_depth(model), seed=boosting_seed)
+                                             method_depth=method_prompt_depth(model),
+                                             seed=run_seed() if boosting_seed is None else boosting_seed)
         model.attach_boosting(group, learnable=learnable_boosting)
         return model
     elif boosting is not None:

@@ -137,7 +137,8 @@ class CoCoOp(CoOp):
         """``[b, C, D]`` features of all classes for ``b`` per-image contexts, in one encoder pass."""
         n_images, n_classes = contexts.shape[0], len(self.class_names)
         inputs = self.text_inputs().repeat(n_images)  # row i*C + c: image i, class c
-        prompts = self.prompts_with_context(contexts.repeat_interleave(n_classes, dim=0))
+        image_of_row = torch.arange(n_images).repeat_interleave(n_classes)  # on the CPU: the text plan reads it there
+        prompts = self.prompts_with_context(contexts, rows=image_of_row)  # one shared prefix per image
         return self.clip.encode_text(inputs, prompts).unflatten(0, (n_images, n_classes))
 
     def encode_classes(self) -> Tensor:

@@ -147,10 +147,10 @@ class CoOp(PromptModel):
     def text_prompts(self) -> list[PromptTokens]:
         return self.prompts_with_context(self.ctx)
 
-    def prompts_with_context(self, context: Tensor) -> list[PromptTokens]:
-        """Text prompts with ``context`` (``[n_ctx, w]`` shared, or ``[rows, n_ctx, w]`` one per
-        sequence) in CoOp's slot, plus the boosting group's tokens."""
-        return [PromptTokens(CONTEXT, "adapting", (context,))] + super().text_prompts()
+    def prompts_with_context(self, context: Tensor, rows: Optional[Tensor] = None) -> list[PromptTokens]:
+        """Text prompts with ``context`` (``[n_ctx, w]`` shared, or ``[sets, n_ctx, w]``: one per
+        sequence, or the set ``rows[i]`` for sequence ``i``) in CoOp's slot, plus the boosting group's tokens."""
+        return [PromptTokens(CONTEXT, "adapting", (context,), rows)] + super().text_prompts()
 
     def settings(self) -> dict:
         return {

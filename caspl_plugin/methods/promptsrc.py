@@ -151,6 +151,9 @@ class GaussianPromptAggregation:
 def _preset(name, description, n_ctx, depth, epochs, gpa):
     return Preset(
         name, description,
+        # CasPL_PromptSRC (the authors' configs, and this package's Dassl configs): the boosting prompts
+        # take PromptSRC's depth; a no-op for the plain method, which has no boosting prompts
+        cascade={"boosting_depth": "method"} if name.startswith("caspl_") else {},
         model={"n_ctx_text": n_ctx, "n_ctx_vision": n_ctx, "depth_text": depth, "depth_vision": depth,
                "ctx_init": "a photo of a", "text_loss_weight": 25.0, "image_loss_weight": 10.0,
                "gpa_mean": gpa[0], "gpa_std": gpa[1]},
@@ -304,6 +307,25 @@ class PromptSRC(IVLP):
         return loss, metrics
 
     # ---- GPA ------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Tensor]:
+        """The prompt aggregation so far: ``gpa.sums.<parameter>`` and ``gpa.recorded`` (the epochs)."""
+        if self.gpa is None:
+            return {}
+        state = self.gpa.state_dict()
+        return {**{f"gpa.sums.{k}": v for k, v in state["sums"].items()},
+                "gpa.recorded": torch.tensor(state["recorded"], dtype=torch.long)}
+
+    def load_training_state(self, state: dict[str, Tensor], max_epoch: int) -> None:
+        if not state:
+            self.gpa = None
+            return
+        if "gpa.recorded" not in state or self.gpa_mean is None:
+            raise ValueError(f"PromptSRC training state {sorted(state)[:4]} does not fit this model's aggregation "
+                             f"(gpa_mean={self.gpa_mean})")
+        self.gpa = GaussianPromptAggregation(self, max_epoch, self.gpa_mean, self.gpa_std)
+        sums = {k[len("gpa.sums."):]: v for k, v in state.items() if k.startswith("gpa.sums.")}
+        self.gpa.load_state_dict({"sums": sums, "recorded": state["gpa.recorded"].tolist()})
+
     def on_epoch_end(self, epoch: int, max_epoch: int) -> None:
         """Record this epoch's prompts for GPA; after the last epoch load the aggregate."""
         super().on_epoch_end(epoch, max_epoch)

@@ -12,15 +12,17 @@ _METHODS: dict[str, type] = {}
 class Preset:
     """A named configuration of a method: model settings plus training settings.
 
-    ``model`` holds constructor keyword arguments of the method class; ``train`` holds ``lr``,
-    ``epochs``, ``batch_size`` and friends (the same names as :class:`~caspl_plugin.boosting.DistillSettings`),
-    plus method-specific training settings (e.g. PromptSRC's GPA mean/std).
+    ``model`` holds constructor keyword arguments of the method class; ``train`` the training recipe
+    (the fields of :class:`~caspl_plugin.methods.AdaptSettings`: ``lr``, ``epochs``, ``batch_size``,
+    ...); ``cascade`` keyword arguments of :func:`~caspl_plugin.methods.cascade` (e.g. the authors'
+    boosting-depth rule of CasPL_PromptSRC), used when boosting prompts are cascaded in.
     """
 
     name: str
     description: str
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    cascade: dict[str, Any] = field(default_factory=dict)
 
 
 def register_method(cls: type) -> type:
@@ -32,18 +34,33 @@ def register_method(cls: type) -> type:
     return cls
 
 
-def _ensure_builtin() -> None:
-    from . import builtin  # noqa: F401  (registers the built-in methods)
+#: entry-point group through which other packages register methods (``name = "pkg.module"``; the
+#: module registers its classes with :func:`register_method` when imported)
+ENTRY_POINT_GROUP = "caspl_plugin.methods"
+_loaded_entry_points = False
+
+
+def _load_entry_points() -> None:
+    """Import the modules of other packages' methods, once. (The built-in methods register when
+    :mod:`caspl_plugin.methods` is imported, which this module's import already did.)"""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
 
 
 def list_methods() -> list[str]:
-    _ensure_builtin()
+    _load_entry_points()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> type:
     """The class of method ``name`` (case-insensitive); unknown names get suggestions."""
-    _ensure_builtin()
+    _load_entry_points()
     key = name.lower()
     if key not in _METHODS:
         close = difflib.get_close_matches(key, list(_METHODS), n=3)

@@ -15,6 +15,8 @@ nodes itself keeps working. The plugin's own nodes:
                          ``DOMAINS`` (universal boosting prompts: CoOp dataset names and/or domain manifests,
                          one class set and template each) and ``DOMAIN_SAMPLING`` (``size`` | ``even``)
 ``MODEL.BACKBONE.WEIGHTS`` / ``WEIGHTS_DIR``   where CLIP weights come from (see caspl_plugin.clip)
+``MODEL.BACKBONE.TEXT_CHUNK``   at most this many class prompts per text-tower pass, recomputed in the
+                         backward pass (exact, less memory; 0 = all classes in one pass)
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def extend_cfg(cfg: CN) -> CN:
 
     extend_dataset_cfg(cfg)
     backbone = cfg.MODEL.BACKBONE
-    for key, value in (("WEIGHTS", ""), ("WEIGHTS_DIR", "")):
+    for key, value in (("WEIGHTS", ""), ("WEIGHTS_DIR", ""), ("TEXT_CHUNK", 0)):
         if key not in backbone:
             setattr(backbone, key, value)
     for name, node in {**method_defaults(), **plugin_defaults()}.items():

@@ -18,6 +18,7 @@ batch-first, whatever the mode.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -60,6 +61,32 @@ def is_causal_mask(mask: Optional[Tensor]) -> bool:
     return bool(torch.isneginf(mask[upper]).all()) and bool((mask[~upper] == 0).all())
 
 
+@dataclass(frozen=True)
+class PackedAttention:
+    """Who attends to whom in a packed text stream ``[tokens, width]`` (see
+    :mod:`caspl_plugin.prompts.text`): first ``groups`` shared prefixes of ``prefix`` tokens (causal
+    within each), then buckets of ``(length, rows, groups)``: ``rows`` suffixes of ``length`` tokens,
+    each attending to its prefix group's tokens (``groups[row]``, or group 0 when None) and causally
+    to its own."""
+
+    groups: int
+    prefix: int
+    buckets: tuple[tuple[int, int, Optional[Tensor]], ...]
+    #: per bucket, its ``[length, prefix + length]`` boolean mask (True: attend) when there is a prefix
+    masks: tuple[Optional[Tensor], ...]
+
+    @staticmethod
+    def suffix_mask(prefix: int, length: int, device) -> Tensor:
+        """``[length, prefix + length]`` boolean mask (True: attend): every prefix token, then causal."""
+        mask = torch.ones(length, prefix + length, dtype=torch.bool, device=device)
+        return mask.tril_(prefix)
+
+
+def can_pack(runner: "BlockRunner", blocks) -> bool:
+    """Whether ``runner`` can run every block of ``blocks`` on a packed stream (on their own weights)."""
+    return runner.mode == "fused" and all(is_fusable(b) and not _has_hooks(b) for b in blocks)
+
+
 class BlockRunner:
     """Runs a stack of blocks in ``mode`` (:data:`BLOCK_MODES`) on a stream in the runner's layout.
 
@@ -71,8 +98,7 @@ class BlockRunner:
         if mode not in BLOCK_MODES:
             raise ValueError(f"block mode must be one of {BLOCK_MODES}, got {mode!r}")
         self.mode = mode
-        self._causal_key: Optional[tuple] = None
-        self._causal: bool = False
+        self._causal: dict[tuple, bool] = {}  # mask identity -> causal
 
     @property
     def seq_first(self) -> bool:
@@ -86,13 +112,16 @@ class BlockRunner:
         """The runner's layout -> batch-first (a view)."""
         return x.transpose(0, 1) if self.seq_first else x
 
-    def _mask_is_causal(self, mask: Optional[Tensor]) -> bool:
+    def mask_is_causal(self, mask: Optional[Tensor]) -> bool:
+        """:func:`is_causal_mask`, remembered for the mask last seen (no device sync per call)."""
         if mask is None:
             return False
-        key = (mask.data_ptr(), mask._version, tuple(mask.shape), mask.dtype, mask.device)
-        if key != self._causal_key:
-            self._causal_key, self._causal = key, is_causal_mask(mask)
-        return self._causal
+        key = (mask.data_ptr(), mask._version, tuple(mask.shape), tuple(mask.stride()), mask.dtype, mask.device)
+        if key not in self._causal:
+            if len(self._causal) >= 16:
+                self._causal.clear()
+            self._causal[key] = is_causal_mask(mask)
+        return self._causal[key]
 
     def __call__(self, block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         if self.mode == "module":
@@ -108,7 +137,7 @@ class BlockRunner:
         h = block.ln_1(x)
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(length, rows, 3, heads, width // heads).permute(2, 1, 3, 0, 4).unbind(0)
-        causal = self._mask_is_causal(attn_mask)
+        causal = self.mask_is_causal(attn_mask)
         mask = None
         if attn_mask is not None and not causal:
             # what the block itself passes to its attention (an additive mask in the stream's dtype),
@@ -120,4 +149,44 @@ class BlockRunner:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         out = out.permute(2, 0, 1, 3).reshape(length, rows, width)
         x = x + block.ls_1(attn.out_proj(out))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def packed(self, block: nn.Module, x: Tensor, attention: PackedAttention) -> Tensor:
+        """One fusable block on a packed stream ``[tokens, width]``: the token-wise layers run on all
+        tokens at once, attention per piece (prefixes, then each bucket of suffixes over its prefix)."""
+        attn = block.attn
+        width = x.shape[-1]
+        heads = attn.num_heads
+        head_width = width // heads
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        dropout = attn.dropout if attn.training else 0.0
+
+        def split(start: int, rows: int, length: int):
+            piece = qkv[start:start + rows * length].view(rows, length, 3, heads, head_width)
+            return piece.permute(2, 0, 3, 1, 4).unbind(0)  # q, k, v: [rows, heads, length, head_width]
+
+        def merge(out: Tensor) -> Tensor:
+            return out.permute(0, 2, 1, 3).reshape(-1, width)
+
+        outs, start = [], 0
+        if attention.prefix:
+            q, prefix_k, prefix_v = split(0, attention.groups, attention.prefix)
+            outs.append(merge(F.scaled_dot_product_attention(q, prefix_k, prefix_v, dropout_p=dropout, is_causal=True)))
+            start = attention.groups * attention.prefix
+        for (length, rows, groups), mask in zip(attention.buckets, attention.masks):
+            q, k, v = split(start, rows, length)
+            if attention.prefix:
+                if groups is None:
+                    shape = (rows, -1, -1, -1)
+                    k = torch.cat([prefix_k.expand(shape), k], dim=2)
+                    v = torch.cat([prefix_v.expand(shape), v], dim=2)
+                else:
+                    k = torch.cat([prefix_k[groups], k], dim=2)
+                    v = torch.cat([prefix_v[groups], v], dim=2)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            outs.append(merge(out))
+            start += rows * length
+        x = x + block.ls_1(attn.out_proj(torch.cat(outs) if len(outs) > 1 else outs[0]))
         return x + block.ls_2(block.mlp(block.ln_2(x)))

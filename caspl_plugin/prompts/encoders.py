@@ -23,16 +23,8 @@ from torch import Tensor, nn
 from .blocks import BlockRunner
 from .group import PromptTokens
 from .layout import Slot, TextInputs, build_text_inputs, in_vision_order
+from .text import check_rows, check_text_mode, encode_text, text_path
 from .tokens import place_tokens
-
-
-def _check_rows(prompt: PromptTokens, rows: int) -> None:
-    for layer, values in enumerate(prompt.layers):
-        if values.dim() == 3 and values.shape[0] != rows:
-            raise ValueError(
-                f"Prompt {prompt.name!r} layer {layer} has values for {values.shape[0]} sequences, "
-                f"but the batch has {rows}"
-            )
 
 
 class PromptedCLIP(nn.Module):
@@ -40,10 +32,12 @@ class PromptedCLIP(nn.Module):
 
     The CLIP weights are never trained here: the module keeps the CLIP in eval mode and without
     gradients, whatever ``train()`` is called with. ``block_mode`` is how the residual blocks are
-    run (:data:`~caspl_plugin.prompts.blocks.BLOCK_MODES`; settable later).
+    run (:data:`~caspl_plugin.prompts.blocks.BLOCK_MODES`) and ``text_mode`` which positions of the
+    text tower are run (:data:`~caspl_plugin.prompts.text.TEXT_MODES`: the shared prefix once, by
+    default); both are settable later and give the same numbers.
     """
 
-    def __init__(self, backbone, block_mode: str = "fused"):
+    def __init__(self, backbone, block_mode: str = "fused", text_mode: str = "shared"):
         super().__init__()
         model = backbone.model
         self._check_supported(model)
@@ -54,6 +48,10 @@ class PromptedCLIP(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
         self.block_mode = block_mode
+        self.text_mode = text_mode
+        #: at most this many class prompts per text-tower pass, recomputed in the backward pass
+        #: (exact; for class sets too large for memory); None: all in one pass
+        self.text_chunk: Optional[int] = None
 
     @property
     def block_mode(self) -> str:
@@ -62,6 +60,14 @@ class PromptedCLIP(nn.Module):
     @block_mode.setter
     def block_mode(self, mode: str) -> None:
         self._blocks = BlockRunner(mode)
+
+    @property
+    def text_mode(self) -> str:
+        return self._text_mode
+
+    @text_mode.setter
+    def text_mode(self, mode: str) -> None:
+        self._text_mode = check_text_mode(mode)
 
     @staticmethod
     def _check_supported(model: nn.Module) -> None:
@@ -145,30 +151,17 @@ class PromptedCLIP(nn.Module):
         return self.clip.token_embedding(ids).float()
 
     def encode_text(self, inputs: TextInputs, prompts: Sequence[PromptTokens] = ()) -> Tensor:
-        """Text features ``[rows, embed_dim]`` (not normalised) of ``inputs`` with ``prompts`` placed."""
-        clip = self.clip
+        """Text features ``[rows, embed_dim]`` (not normalised) of ``inputs`` with ``prompts`` placed,
+        computed on the path :attr:`text_mode` selects (:mod:`caspl_plugin.prompts.text`)."""
         prompts = [p for p in prompts if p.n > 0]
         self._check_slots(inputs, prompts)
-        cast_dtype = clip.transformer.get_cast_dtype()
-        ids = inputs.token_ids.to(self.device)
-        x = clip.token_embedding(ids).to(cast_dtype)
-        positions = {name: pos.to(self.device) for name, pos in inputs.positions.items()}
-        for p in prompts:
-            _check_rows(p, x.shape[0])
-        x = self._place_layer(x, 0, prompts, positions)
-        x = x + clip.positional_embedding.to(cast_dtype)
-        attn_mask, run = clip.attn_mask, self._blocks
-        x = run.enter(x)
-        for i, block in enumerate(clip.transformer.resblocks):
-            if i > 0:
-                x = self._place_layer(x, i, prompts, positions, run.seq_first)
-            x = run(block, x, attn_mask)
-        x = clip.ln_final(run.leave(x))
-        x = x[torch.arange(x.shape[0], device=x.device), inputs.eot_index.to(x.device)]
-        projection = clip.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return encode_text(self.clip, inputs.to(self.device), prompts, blocks=self._blocks, mode=self.text_mode,
+                           max_rows=self.text_chunk)
+
+    @property
+    def text_path(self) -> str:
+        """The path :meth:`encode_text` takes: ``text_mode`` or what it falls back to."""
+        return text_path(self.clip, self.text_mode, self._blocks)
 
     @staticmethod
     def _check_slots(inputs: TextInputs, prompts: Sequence[PromptTokens]) -> None:
@@ -185,11 +178,12 @@ class PromptedCLIP(nn.Module):
         active = [p for p in prompts if p.depth > layer]
         if not active:
             return x
-        if all(positions[p.name].dim() == 1 for p in active) and all(p.layers[layer].dim() == 2 for p in active):
+        values = [p.per_row(layer) for p in active]
+        if all(v.dim() == 2 for v in values):
             pos = torch.cat([positions[p.name] for p in active])
-            return place_tokens(x, pos, torch.cat([p.layers[layer] for p in active]), seq_first=seq_first)
-        for p in active:
-            x = place_tokens(x, positions[p.name], p.layers[layer], seq_first=seq_first)
+            return place_tokens(x, pos, torch.cat(values), seq_first=seq_first)
+        for p, v in zip(active, values):
+            x = place_tokens(x, positions[p.name], v, seq_first=seq_first)
         return x
 
     # ---- vision ---------------------------------------------------------------------------
@@ -204,8 +198,8 @@ class PromptedCLIP(nn.Module):
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         batch, base_len = x.shape[0], x.shape[1]
         for p in prompts:
-            _check_rows(p, batch)
-        layer0 = [p.layers[0].to(x.dtype).expand(batch, -1, -1) for p in prompts]
+            check_rows(p, batch)
+        layer0 = [p.per_row(0).to(x.dtype).expand(batch, -1, -1) for p in prompts]
         x = visual.ln_pre(torch.cat([x, *layer0], dim=1))
         positions, start = {}, base_len
         for p in prompts:

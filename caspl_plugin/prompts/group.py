@@ -50,13 +50,16 @@ class PromptSpec:
 class PromptTokens:
     """The token values one group places into one encoder: one tensor per layer, layer 0 first.
 
-    Each tensor is ``[n, width]`` (shared by every sequence) or ``[rows, n, width]`` (one set per
-    sequence, e.g. CoCoOp's image-conditioned context).
+    Each tensor is ``[n, width]`` (shared by every sequence) or ``[sets, n, width]``: one set per
+    sequence, or, with ``rows`` (``[sequences]`` long), the value set each sequence takes (e.g.
+    CoCoOp's image-conditioned context: one set per image, ``rows[i * C + c] = i``), which lets the
+    text tower run a shared prefix once per set.
     """
 
     name: str
     role: str
     layers: tuple[Tensor, ...]
+    rows: Optional[Tensor] = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -70,6 +73,18 @@ class PromptTokens:
     @property
     def n(self) -> int:
         return int(self.layers[0].shape[-2])
+
+    def slice(self, start: int, stop: int) -> "PromptTokens":
+        """The prompts of sequences ``start .. stop-1``: shared values stay, value sets are re-mapped,
+        one-per-sequence values are sliced."""
+        if self.rows is not None:
+            return PromptTokens(self.name, self.role, self.layers, self.rows[start:stop])
+        return PromptTokens(self.name, self.role, tuple(v[start:stop] if v.dim() == 3 else v for v in self.layers))
+
+    def per_row(self, layer: int) -> Tensor:
+        """Layer ``layer``'s values, ``[n, width]`` or one set per sequence ``[rows, n, width]``."""
+        values = self.layers[layer]
+        return values[self.rows.to(values.device)] if self.rows is not None and values.dim() == 3 else values
 
     @property
     def depth(self) -> int:

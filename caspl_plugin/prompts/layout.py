@@ -61,7 +61,9 @@ class TextInputs:
     """Tokenized class prompts with the positions of every prompt slot.
 
     ``positions[name]`` is ``[n]`` when the slot sits at the same place in every sequence, else
-    ``[rows, n]``. ``eot_index`` is where the sequence feature is read.
+    ``[rows, n]``. ``eot_index`` is where the sequence feature is read. What is derived from the
+    inputs (moved, repeated or sliced copies, the text tower's plans) is kept with them
+    (:meth:`memo`), so a model that keeps its inputs per class set derives each thing once.
     """
 
     class_names: tuple[str, ...]
@@ -69,28 +71,48 @@ class TextInputs:
     eot_index: Tensor
     slots: tuple[Slot, ...] = ()
     positions: dict[str, Tensor] = field(default_factory=dict)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def rows(self) -> int:
         return int(self.token_ids.shape[0])
 
+    def memo(self, key, make: Callable[[], object]):
+        """``make()``, computed once per ``key`` for these inputs."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
     def to(self, device) -> "TextInputs":
-        return replace(
+        device = torch.device(device)
+        if self.token_ids.device == device:
+            return self
+        return self.memo(("to", device), lambda: replace(
             self,
             token_ids=self.token_ids.to(device),
             eot_index=self.eot_index.to(device),
             positions={k: v.to(device) for k, v in self.positions.items()},
-        )
+        ))
+
+    def slice(self, start: int, stop: int) -> "TextInputs":
+        """Sequences ``start .. stop-1``, e.g. one chunk of a large class set."""
+        return self.memo(("slice", start, stop), lambda: replace(
+            self,
+            class_names=self.class_names[start:stop],
+            token_ids=self.token_ids[start:stop],
+            eot_index=self.eot_index[start:stop],
+            positions={k: v if v.dim() == 1 else v[start:stop] for k, v in self.positions.items()},
+        ))
 
     def repeat(self, times: int) -> "TextInputs":
         """The same prompts ``times`` over (rows ``r*S + s``), for per-image prompts (CoCoOp)."""
-        return replace(
+        return self.memo(("repeat", times), lambda: replace(
             self,
             class_names=self.class_names * times,
             token_ids=self.token_ids.repeat(times, 1),
             eot_index=self.eot_index.repeat(times),
             positions={k: v if v.dim() == 1 else v.repeat(times, 1) for k, v in self.positions.items()},
-        )
+        ))
 
 
 def build_text_inputs(

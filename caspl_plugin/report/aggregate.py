@@ -31,7 +31,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 from caspl_plugin.data.catalog import DATASETS
 
 from .parse import Run, RunKey, backbone_of, dataset_key, is_zero_shot
-from .render import Table
+from .table import Table
 
 TRANSFER_DATASETS = tuple(s.config for s in DATASETS.values() if not s.test_only and s.config != "imagenet")
 IMAGENET_VARIANTS = tuple(s.config for s in DATASETS.values() if s.test_only)
@@ -39,7 +39,6 @@ _DATASET_ORDER = {spec.config: i for i, spec in enumerate(DATASETS.values())}
 
 
 # ------------------------------------------------------------------------------------- tables
-
 
 
 def harmonic_mean(base: Optional[float], novel: Optional[float]) -> Optional[float]:
@@ -99,7 +98,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
 
 
-def _dataset_order(dataset: str) -> tuple:
+def dataset_order(dataset: str) -> tuple:
     return (_DATASET_ORDER.get(dataset, len(_DATASET_ORDER)), dataset)
 
 
@@ -117,7 +116,7 @@ class _Cells:
         return sorted({c[0] for c in self.values if c[0].protocol == protocol}, key=lambda g: tuple(map(str, g)))
 
     def datasets(self, group: Group) -> list[str]:
-        return sorted({c[2] for c in self.values if c[0] == group}, key=_dataset_order)
+        return sorted({c[2] for c in self.values if c[0] == group}, key=dataset_order)
 
     def stats(self, group: Group, split: str, dataset: str, shots: Optional[int] = None) -> Optional[Stats]:
         return Stats.of(self.values.get((group, split, dataset, group.shots if shots is None else shots), {}))
@@ -161,16 +160,17 @@ def base2new_table(cells: _Cells, group: Group) -> Table:
 def base2new_overview(cells: _Cells, groups: Sequence[Group], labels: dict[Group, str]) -> Table:
     """HM of every trainer side by side."""
     means = {g: _base2new_means(cells, g) for g in groups}
-    datasets = sorted({d for m in means.values() for d in m}, key=_dataset_order)
+    datasets = sorted({d for m in means.values() for d in m}, key=dataset_order)
     rows = [[d] + [harmonic_mean(*means[g].get(d, (None, None))) for g in groups] for d in datasets]
     rows.append(["Average"] + [_average_base2new(means[g].values())[2] for g in groups])
-    return Table("base2new_hm_overview", "Base-to-novel HM by trainer", ["dataset"] + [labels[g] for g in groups], rows)
+    return Table("base2new_hm_overview", "Base-to-novel HM by trainer", ["dataset"] + [labels[g] for g in groups], rows,
+                 kind="base2new_overview")
 
 
 def base2new_delta(cells: _Cells, baseline: Group, candidate: Group, labels: dict[Group, str]) -> Table:
     """Per-dataset base / novel / HM of ``candidate`` minus ``baseline``."""
     ours, theirs = _base2new_means(cells, candidate), _base2new_means(cells, baseline)
-    datasets = sorted(set(ours) | set(theirs), key=_dataset_order)
+    datasets = sorted(set(ours) | set(theirs), key=dataset_order)
     shared = [d for d in datasets if None not in ours.get(d, (None,)) + theirs.get(d, (None,))]
 
     def triple(base, novel):
@@ -189,7 +189,7 @@ def base2new_delta(cells: _Cells, baseline: Group, candidate: Group, labels: dic
     title = f"Base-to-novel: {labels[candidate]} (candidate) vs {labels[baseline]} (baseline)"
     notes = [f"Average over the {len(shared)} datasets both have complete"] if len(shared) < len(datasets) else []
     name = f"base2new_delta_{_slug(labels[candidate])}_vs_{_slug(labels[baseline])}"
-    return Table(name, title, columns, rows, notes=notes)
+    return Table(name, title, columns, rows, kind="base2new_delta", notes=notes)
 
 
 def comparison_pairs(groups: Sequence[Group], baselines: Sequence[str] = ()) -> list[tuple[Group, Group]]:
@@ -235,7 +235,7 @@ def xd_table(cells: _Cells, group: Group) -> Table:
         return stats and stats.mean
 
     tested = {c[2] for c in cells.values if c[0] == group and c[1] == "test"}
-    for dataset in sorted({c[2] for c in cells.values if c[0] == group and c[1] == "train"}, key=_dataset_order):
+    for dataset in sorted({c[2] for c in cells.values if c[0] == group and c[1] == "train"}, key=dataset_order):
         add("source", "train", dataset)
     if "imagenet" in tested:
         add("source (eval-only)", "test", "imagenet")
@@ -245,7 +245,7 @@ def xd_table(cells: _Cells, group: Group) -> Table:
         if means:
             rows.append(["average", f"Average ({role})", _mean(means), None, None])
             notes += [f"Average ({role}): {len(means)} of {len(members)} {label}"] if len(means) < len(members) else []
-    for dataset in sorted(tested - set(TRANSFER_DATASETS) - set(IMAGENET_VARIANTS) - {"imagenet"}, key=_dataset_order):
+    for dataset in sorted(tested - set(TRANSFER_DATASETS) - set(IMAGENET_VARIANTS) - {"imagenet"}, key=dataset_order):
         add("other (not averaged)", "test", dataset)
     return Table(f"xd_{_slug(group.describe())}", f"Cross-dataset / domain generalisation: {group.describe()}",
                  ["role", "dataset", "accuracy", "accuracy_std", "seeds"], rows, kind="xd", notes=notes)
@@ -253,7 +253,7 @@ def xd_table(cells: _Cells, group: Group) -> Table:
 
 def run_list_table(name: str, title: str, runs: Sequence[Run]) -> Table:
     """One row per run (phase-1 boosting and zero-shot runs: informational)."""
-    runs = sorted(runs, key=lambda r: (r.key.experiment, _dataset_order(r.key.dataset), r.key.cfg, r.key.seed or 0))
+    runs = sorted(runs, key=lambda r: (r.key.experiment, dataset_order(r.key.dataset), r.key.cfg, r.key.seed or 0))
     rows = [[r.key.experiment or "-", r.key.dataset, r.key.trainer, r.key.cfg, r.key.seed, r.accuracy, r.status]
             for r in runs]
     return Table(name, title, ["experiment", "dataset", "trainer", "cfg", "seed", "accuracy", "status"], rows, kind=name)
@@ -424,13 +424,15 @@ def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[
     cells = _Cells(r for r in parsed if r.key.protocol in ("base2new", "few_shot", "xd"))
     tables = []
     groups = cells.groups("base2new")
-    tables += [base2new_table(cells, g) for g in groups]
+    labels = short_labels(groups)
+    tables += [_labelled(base2new_table(cells, g), labels[g]) for g in groups]
     if len(groups) > 1:
-        labels = short_labels(groups)
         tables.append(base2new_overview(cells, groups, labels))
         tables += [base2new_delta(cells, b, c, labels) for b, c in comparison_pairs(groups, baselines)]
-    tables += [few_shot_table(cells, g) for g in cells.groups("few_shot")]
-    tables += [xd_table(cells, g) for g in cells.groups("xd")]
+    for protocol, table in (("few_shot", few_shot_table), ("xd", xd_table)):
+        groups = cells.groups(protocol)
+        labels = short_labels(groups)
+        tables += [_labelled(table(cells, g), labels[g]) for g in groups]
     for protocol, title in (("boosting", "Phase 1 (boosting prompts): the boosting runs' own test accuracy"),
                             ("zeroshot", "Zero-shot CLIP")):
         listed = [r for r in parsed if r.key.protocol == protocol]
@@ -441,6 +443,11 @@ def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[
                         [[f.kind, f.where, f.detail] for f in flags], kind="flags"))
     _make_names_unique(tables)
     return Report(list(runs), tables, flags)
+
+
+def _labelled(table: Table, label: str) -> Table:
+    table.label = label
+    return table
 
 
 def _make_names_unique(tables: Sequence[Table]) -> None:

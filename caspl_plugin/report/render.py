@@ -1,84 +1,16 @@
-"""Rendering result tables: plain text, Markdown and CSV per table, the report's files, PNG charts."""
+"""Writing a report: every table as CSV and Markdown, the whole report, the PNG charts."""
 from __future__ import annotations
 
-import csv
-import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from caspl_plugin.data.splits import atomic_write_text
-from caspl_plugin.files import atomic_write
+
+from .charts import report_charts, save_png
 
 if TYPE_CHECKING:
     from .aggregate import Report
-
-Value = Optional[object]  # str | int | float | None
-
-
-@dataclass
-class Table:
-    """A result table. A column ``x_std`` right after ``x`` is shown as ``x ± x_std``; the CSV keeps both."""
-
-    name: str  # file stem
-    title: str
-    columns: list[str]
-    rows: list[list[Value]]
-    kind: str = ""
-    notes: list[str] = field(default_factory=list)
-    printed: bool = True
-
-    def column(self, name: str) -> list[Value]:
-        index = self.columns.index(name)
-        return [row[index] for row in self.rows]
-
-    def display(self) -> tuple[list[str], list[list[str]], list[bool]]:
-        """Headers, formatted cells and which columns are numeric, with ``x_std`` merged into ``x``."""
-        merged = [i for i, name in enumerate(self.columns) if not (i and name == self.columns[i - 1] + "_std")]
-        headers = [self.columns[i] for i in merged]
-        cells, numeric = [], [False] * len(merged)
-        for row in self.rows:
-            shown = []
-            for j, i in enumerate(merged):
-                value = row[i]
-                has_std = i + 1 < len(self.columns) and self.columns[i + 1] == self.columns[i] + "_std"
-                numeric[j] = numeric[j] or isinstance(value, (int, float))
-                std = row[i + 1] if has_std else None
-                shown.append(_format(value) + (f" ± {std:.2f}" if std is not None and value is not None else ""))
-            cells.append(shown)
-        return headers, cells, numeric
-
-    def to_text(self) -> str:
-        headers, cells, numeric = self.display()
-        widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
-
-        def line(texts: Sequence[str]) -> str:
-            return "  ".join(t.rjust(w) if n else t.ljust(w) for t, w, n in zip(texts, widths, numeric)).rstrip()
-
-        body = [line(headers), "  ".join("-" * w for w in widths)] + [line(row) for row in cells]
-        return "\n".join([self.title] + body + [f"  note: {note}" for note in self.notes])
-
-    def to_markdown(self) -> str:
-        headers, cells, numeric = self.display()
-        rows = [headers, ["---:" if n else "---" for n in numeric]] + cells
-        body = ["| " + " | ".join(text.replace("|", "\\|") for text in row) + " |" for row in rows]
-        return "\n".join([f"## {self.title}", ""] + body + [""] + [f"*{note}*" for note in self.notes]).rstrip() + "\n"
-
-    def to_csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.columns)
-        for row in self.rows:
-            writer.writerow(["" if value is None else repr(round(value, 6)) if isinstance(value, float) else value
-                             for value in row])
-        return buffer.getvalue()
-
-
-def _format(value: Value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 # ------------------------------------------------------------------------------------- files
@@ -98,34 +30,8 @@ def write_tables(report: Report, out_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_charts(report: Report, out_dir: str | os.PathLike) -> list[Path]:
-    """A grouped base / novel / HM bar chart per base-to-novel table (``<name>.png``).
-    Raises ``ImportError`` when matplotlib is missing."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """The chart of every results table (:func:`~caspl_plugin.report.charts.report_charts`) as
+    ``<name>.png``. Raises :class:`~caspl_plugin.report.charts.MatplotlibMissing` without matplotlib."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for table in (t for t in report.tables if t.kind == "base2new"):
-        datasets = table.column("dataset")
-        series = [("Base", table.column("base")), ("Novel", table.column("novel")), ("HM", table.column("hm"))]
-        figure = Figure(figsize=(max(6.0, 0.8 * len(datasets) + 2), 4.5))
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        width = 0.8 / len(series)
-        for offset, (label, values) in enumerate(series):
-            positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(datasets))]
-            axes.bar(positions, [v if v is not None else 0.0 for v in values], width, label=label)
-        axes.set_xticks(range(len(datasets)), datasets, rotation=40, ha="right")
-        axes.set_ylabel("accuracy (%)")
-        axes.set_ylim(0, 112)  # room above 100 for the legend
-        axes.set_yticks(range(0, 101, 20))
-        axes.set_title(table.title, fontsize=10)
-        axes.legend(loc="upper center", ncol=len(series), fontsize=8, frameon=False)
-        figure.tight_layout()
-        path = out_dir / f"{table.name}.png"
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
-        atomic_write(path, buffer.getvalue())
-        written.append(path)
-    return written
+    return [save_png(chart.figure, out_dir / f"{chart.name}.png") for chart in report_charts(report)]

@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..data.classnames import read_class_names
-from .boosting import BoostingArtifact
-from .checkpoint_reader import CheckpointError, CheckpointReader, TensorRef
+from ..artifacts.boosting import BoostingArtifact
+from ..artifacts.checkpoint_reader import CheckpointError, CheckpointReader, TensorRef
 
 __all__ = ["import_official", "read_class_names", "read_official_prompts", "student_geometry"]
 
@@ -37,7 +37,7 @@ def student_geometry(name: str) -> dict:
     """``Backbone.describe()``-style geometry of a ViT CLIP, read from its config (no model is built)."""
     import open_clip
 
-    from caspl_plugin.clip import resolve_model_name
+    from ..clip import resolve_model_name
 
     arch = resolve_model_name(name, quick_gelu=True)
     config = open_clip.get_model_config(arch)

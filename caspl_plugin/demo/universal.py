@@ -21,27 +21,15 @@ from typing import Sequence
 
 import torch
 
-from .boosting import boosting_student
-from .clip import create_clip
-from .data.domains import DomainClassSet
-from .demo import (
-    DemoResult,
-    DemoSettings,
-    _evaluate,
-    _normalise,
-    _Split,
-    adapt_toy_method,
-    chart,
-    csv_text,
-    distill_toy_boosting,
-    markdown_table,
-    seed_caption,
-    table_rows,
-)
-from .files import atomic_write
-from .methods import ZeroShotCLIP, get_method
-from .prompts import PromptedCLIP
-from .toy import domain
+from ..boosting import boosting_student
+from ..clip import create_clip
+from ..data.domains import DomainClassSet
+from ..files import atomic_write
+from ..methods import ZeroShotCLIP, get_method
+from ..prompts import PromptedCLIP
+from ..toy import domain
+from .runs import DemoResult, DemoSettings, TestSplit, adapt_toy_method, base_novel_accuracy, distill_toy_boosting, normalise
+from .tables import chart_or_skip, csv_text, markdown_table, seed_caption, table_rows
 
 COOP_INIT = "a photo of a"
 
@@ -85,10 +73,10 @@ def _class_set(variant: str) -> DomainClassSet:
     return DomainClassSet(variant, tuple(domain.class_names()), domain.VARIANT_TEMPLATES[variant])
 
 
-def _test_splits(variant: str, per_class: int, backbone) -> tuple[_Split, _Split]:
+def _test_splits(variant: str, per_class: int, backbone) -> tuple[TestSplit, TestSplit]:
     test = domain.generate(per_class, seed=10_000, variant=variant)
-    images = _normalise(test.images, backbone)
-    return _Split(images, test.labels, domain.base_labels()), _Split(images, test.labels, domain.novel_labels())
+    images = normalise(test.images, backbone)
+    return TestSplit(images, test.labels, domain.base_labels()), TestSplit(images, test.labels, domain.novel_labels())
 
 
 def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progress: bool = True) -> UniversalResult:
@@ -104,14 +92,14 @@ def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progre
     tests = {v: _test_splits(v, settings.test_per_class, student) for v in (*settings.seen, held)}
 
     def unlabeled(variant: str, k: int) -> torch.Tensor:
-        return _normalise(domain.generate(settings.unlabeled_per_class, seed=20_000 + k, variant=variant).images, student)
+        return normalise(domain.generate(settings.unlabeled_per_class, seed=20_000 + k, variant=variant).images, student)
 
     def zero_shot(backbone, variant: str) -> tuple[float, float]:
         model = ZeroShotCLIP(PromptedCLIP(backbone), names, template=domain.VARIANT_TEMPLATES[variant])
-        return _evaluate(model, *tests[variant])
+        return base_novel_accuracy(model, *tests[variant])
 
     def boosted(group, variant: str) -> tuple[float, float]:
-        return _evaluate(boosting_student(PromptedCLIP(student), names, group), *tests[variant])
+        return base_novel_accuracy(boosting_student(PromptedCLIP(student), names, group), *tests[variant])
 
     def timed(part: str, run):
         step = time.perf_counter()
@@ -150,8 +138,8 @@ def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progre
         for label, group in tqdm(variants, desc=f"adapting (seed {seed})", disable=not progress, leave=False):
             torch.manual_seed(seed)
             model = get_method("coop")(clip, base_names, boosting=group, ctx_init=COOP_INIT)
-            timed("adapting", lambda: adapt_toy_method(model, _normalise(shots.images, student), shot_labels, settings, seed))
-            rows.add(label, *_evaluate(model, *tests[held]))
+            timed("adapting", lambda: adapt_toy_method(model, normalise(shots.images, student), shot_labels, settings, seed))
+            rows.add(label, *base_novel_accuracy(model, *tests[held]))
     result.seconds["total"] = time.perf_counter() - started
     return result
 
@@ -189,7 +177,6 @@ def write_universal_outputs(result: UniversalResult, out: Path, settings: Univer
     atomic_write(paths["markdown"], "\n".join(markdown).encode())
     atomic_write(paths["csv"], csv_text(result.held_out, settings.seeds).encode())
     atomic_write(paths["seen_csv"], csv_text(result.seen, settings.seeds).encode())
-    paths["chart"] = chart(table_rows(result.held_out), out / "universal_results.png",
-                           f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})", seeds)
-    return paths
-
+    drawn = chart_or_skip(table_rows(result.held_out), out / "universal_results.png",
+                          f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})", seeds)
+    return {**paths, **({"chart": drawn} if drawn else {})}
