@@ -1,15 +1,23 @@
-"""Atomic file writes: every file the package writes goes through :func:`atomic_write`.
+"""Atomic file writes: every file the package writes goes through :func:`atomic_write`; and
+:func:`canonical_json`, the form in which JSON documents are hashed (artifacts, caches, ONNX metadata).
 
 A write goes to ``.<name>.<random hex>.tmp`` in the destination's folder, then ``os.replace``;
-a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds.
+a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds
+(:func:`stale_temporaries_in` for the writes to any file of a folder, e.g. a cache's shards).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """``document`` as canonical JSON: sorted keys, no whitespace, UTF-8, no NaN/Infinity (ValueError)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def temporary_path(path: Union[str, os.PathLike]) -> Path:
@@ -24,6 +32,16 @@ def stale_temporaries(path: Union[str, os.PathLike]) -> list[Path]:
     pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]+\.tmp")
     try:
         entries = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(entry for entry in entries if pattern.fullmatch(entry.name) and entry.is_file())
+
+
+def stale_temporaries_in(folder: Union[str, os.PathLike], suffix: str = "") -> list[Path]:
+    """The temporary files of writes to any file of ``folder`` whose name ends in ``suffix`` (sorted)."""
+    pattern = re.compile(rf"\..+{re.escape(suffix)}\.[0-9a-f]+\.tmp")
+    try:
+        entries = list(Path(folder).iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(entry for entry in entries if pattern.fullmatch(entry.name) and entry.is_file())

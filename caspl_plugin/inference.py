@@ -66,6 +66,12 @@ def save_classifier(path, model: PromptModel, *, weights: Optional[str] = None, 
         "library_version": __version__,
         **({"extra": extra} if extra else {}),
     }
+    from .data.classnames import ClassNamesError, check_class_names
+
+    try:  # never stored as is: a name with a control or bidirectional-override character
+        check_class_names(model.class_names, f"{path}")
+    except ClassNamesError as error:
+        raise ArtifactError(str(error)) from None
     return save_artifact(path, tensors, metadata)
 
 
@@ -158,6 +164,11 @@ def check_classifier(path, tensors: Mapping[str, torch.Tensor], meta: Mapping[st
     require(isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names),
             "'class_names' must be a non-empty list of non-empty strings")
     require(len(set(names)) == len(names), "'class_names' has duplicates")
+    from .names import class_name_problem
+
+    for i, name in enumerate(names):
+        reason = class_name_problem(name)
+        require(reason is None, f"class_names[{i}]: {reason}")
     if "num_classes" in meta:
         require(meta["num_classes"] == len(names),
                 f"num_classes is {meta['num_classes']!r} but there are {len(names)} class names")

@@ -113,13 +113,17 @@ def _linear_onnx(path, image_size, weights, props=True):
         initializer=[numpy_helper.from_array(weights, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    if props:
-        meta = {"format": "caspl-onnx-classifier", "format_version": "1", "method": "coop",
+    if props:  # the metadata of an export, sealed with its digest as `caspl export` does
+        from caspl_plugin.export.integrity import DIGEST_KEY, onnx_digest, parse_onnx_bytes
+
+        meta = {"format": "caspl-onnx-classifier", "format_version": "2", "method": "coop", "settings": "{}",
                 "class_names": json.dumps(CLASSES), "image_size": str(image_size), "mean": json.dumps(MEAN),
                 "std": json.dumps(STD), "student": json.dumps({"backbone": "hand-made"}), "boosting": "false",
-                "quantization": "none"}
+                "boosting_sha256": "", "quantization": "none", "library_version": "test", "input": "images",
+                "output": "logits"}
         for key, value in meta.items():
             model.metadata_props.add(key="caspl." + key, value=value)
+        model.metadata_props.add(key=DIGEST_KEY, value=onnx_digest(parse_onnx_bytes(model.SerializeToString())))
     onnx.save(model, str(path))
     return str(path)
 

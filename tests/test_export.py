@@ -117,7 +117,7 @@ def test_exported_logits_equal_pytorch(exported):
 def test_metadata_round_trip(exported):
     meta = read_metadata(exported["onnx"])
     model = exported["model"]
-    assert meta["format"] == FORMAT and meta["format_version"] == "1"
+    assert meta["format"] == FORMAT and meta["format_version"] == "2"
     assert meta["method"] == exported["method"] and meta["class_names"] == CLASSES
     assert meta["image_size"] == 32
     assert meta["mean"] == pytest.approx(list(model.clip.mean)) and meta["std"] == pytest.approx(list(model.clip.std))

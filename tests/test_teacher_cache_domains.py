@@ -174,6 +174,9 @@ def test_domain_names_that_cannot_be_cache_folders_are_refused(names, message, w
     out = tmp_path / "cache"
     assert _teacher_cache({**world, "manifest": manifest}, out) == 2
     assert message in capsys.readouterr().err and not out.exists()
+    artifact = tmp_path / "universal.safetensors"  # plain distill applies the same name rules
+    assert _distill({**world, "manifest": manifest}, artifact) == 2
+    assert message in capsys.readouterr().err and not artifact.exists()
 
 
 def test_single_and_multi_domain_caches_do_not_share_a_folder(world, cache, tmp_path, capsys):
@@ -217,9 +220,10 @@ def test_a_cache_made_with_another_crop_scale_serves_a_run_with_that_crop_scale(
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"folder": 5, "images": 1}, "must be"),
-    ({"folder": "../../etc", "images": 1}, "cannot name a cache folder"),
-    ("plain", "must be"),
+    ({"folder": 5, "images": 1}, "domains['plain']: expected"),
+    ({"folder": "../../etc", "images": 1}, "domains['plain']: expected"),
+    ("plain", "domains['plain']: expected"),
+    ({"folder": "plain", "images": 99}, "does not match its content hash"),
 ])
 def test_inspect_refuses_an_edited_domains_index(entry, message, cache, tmp_path, capsys):
     import shutil

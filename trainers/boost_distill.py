@@ -47,6 +47,13 @@ class BoostDistill(TrainerX):
         if node.DOMAINS and node.TEMPLATE:
             raise ValueError("TRAINER.BOOSTDISTILL.TEMPLATE serves one dataset; with DOMAINS every domain has its own "
                              "template (a dataset's CoOp template, or 'template' in a domain manifest)")
+        if node.TEMPLATE:
+            from caspl_plugin.data.domains import DomainError, check_template
+
+            try:
+                check_template(node.TEMPLATE)
+            except DomainError as error:
+                raise ValueError(f"TRAINER.BOOSTDISTILL.{error}") from None
 
     def build_model(self):
         from caspl_plugin.data.catalog import template_for

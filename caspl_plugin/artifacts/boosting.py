@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from ..names import class_name_problem
 from .store import HASH_SCOPE, HASH_SCOPE_KEY, ArtifactError, load_artifact, save_artifact
 
 __all__ = ["ArtifactMismatchError", "BoostingArtifact", "FORMAT", "FORMAT_VERSION", "class_names_sha256"]
@@ -34,6 +35,16 @@ _STUDENT_FIELDS = ("backbone", "arch", "text_width", "text_depth", "vision_width
 
 class ArtifactMismatchError(ArtifactError):
     """The artifact's prompts do not fit the student they are meant for."""
+
+
+def _check_names(names, where: str) -> None:
+    """Class names must be strings without control or bidirectional-override characters."""
+    if not isinstance(names, list):
+        raise ArtifactError(f"{where} must be a list of strings, got {type(names).__name__}")
+    for i, name in enumerate(names):
+        reason = class_name_problem(name)
+        if reason:
+            raise ArtifactError(f"{where}[{i}]: {reason}")
 
 
 def class_names_sha256(class_names: Sequence[str]) -> str:
@@ -215,6 +226,7 @@ class BoostingArtifact:
         if names is not None:
             if meta.get("num_classes") != len(names) or meta.get("class_names_sha256") != class_names_sha256(names):
                 raise ArtifactError(f"{origin}: class_names do not match num_classes / class_names_sha256")
+            _check_names(names, f"{origin}: class_names")
         if "domains" in meta:
             _validate_domains(meta["domains"], origin)
 
@@ -269,6 +281,8 @@ def _validate_domains(domains: Any, origin: str) -> None:
         listed = record.get("class_names")
         if listed is not None and (len(listed) != record["num_classes"] or class_names_sha256(listed) != record["class_names_sha256"]):
             raise ArtifactError(f"{origin}: domains[{i}] ({record['name']!r}) class_names do not match num_classes / class_names_sha256")
+        if listed is not None:
+            _check_names(listed, f"{origin}: domains[{i}] ({record['name']!r}) class_names")
         names.append(record["name"])
     if len(set(names)) != len(names):
         raise ArtifactError(f"{origin}: duplicate domain names in 'domains': {names}")

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..files import atomic_write
+from ..files import atomic_write, canonical_json
 
 __all__ = [
     "ArtifactError", "HashStatus", "LEGACY_HASH_NOTICE", "METADATA_KEY", "canonical_json", "content_hash",
@@ -46,11 +46,6 @@ LEGACY_HASH_NOTICE = (
 
 class ArtifactError(ValueError):
     """An artifact file is missing pieces, corrupted, of another kind, or does not fit its use."""
-
-
-def canonical_json(document: Mapping[str, Any]) -> bytes:
-    """``document`` as canonical JSON: sorted keys, no whitespace, UTF-8, no NaN/Infinity."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, Any]] = None) -> str:

@@ -2,16 +2,17 @@
 
 :mod:`~caspl_plugin.cache.views` samples and renders deterministic views,
 :mod:`~caspl_plugin.cache.store` keeps them on disk (safetensors shards + JSON index, identity
-checks), :mod:`~caspl_plugin.cache.precompute` fills a cache (resumable, incremental, torchrun)
-and :mod:`~caspl_plugin.cache.dataset` feeds a training run (online or cached).
+and integrity checks: :class:`CacheError`), :mod:`~caspl_plugin.cache.precompute` fills a cache
+(resumable, incremental, torchrun) and :mod:`~caspl_plugin.cache.dataset` feeds a training run
+(online or cached).
 """
 from .dataset import TeacherViewDataset
 from .precompute import PrecomputeReport, build_teacher_cache, cache_identity
-from .store import CacheMismatchError, FileDiff, TeacherViewCache, describe_cache
+from .store import CacheError, CacheMismatchError, FileDiff, TeacherViewCache, describe_cache
 from .views import AugmentationSettings, ViewParams, render_view, sample_view
 
 __all__ = [
-    "AugmentationSettings", "CacheMismatchError", "FileDiff", "PrecomputeReport", "TeacherViewCache",
+    "AugmentationSettings", "CacheError", "CacheMismatchError", "FileDiff", "PrecomputeReport", "TeacherViewCache",
     "TeacherViewDataset", "ViewParams", "build_teacher_cache", "cache_identity", "describe_cache",
     "render_view", "sample_view",
 ]

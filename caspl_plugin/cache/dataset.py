@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..data.images import open_rgb
 
-from .store import TeacherViewCache, digest_files, file_key
+from .store import CacheError, TeacherViewCache, digest_files, file_key
 from .views import AugmentationSettings, ViewParams, render_view, sample_view
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class TeacherViewDataset(Dataset):
         if self.cache is not None:
             (top, left, height, width, flip), features = self.cache.view(key, k)
             params = ViewParams(top, left, height, width, flip)
+            _check_cached_view(self.cache, key, k, params, features, image)
         else:
             params = sample_view(image.width, image.height, self.seed, key, k, self.augmentation)
             teacher = self.teacher
@@ -100,6 +101,21 @@ class TeacherViewDataset(Dataset):
             features = teacher.image_features(pixels[None].to(device))[0].cpu()
         student = render_view(image, params, self.image_size, self.mean, self.std, self.augmentation.interpolation)
         return student, str(path), {"teacher_features": features}
+
+
+def _check_cached_view(cache: TeacherViewCache, key: str, view: int, params: ViewParams, features, image) -> None:
+    """A cached view must be a crop box inside the image and finite features (else :class:`CacheError`)."""
+    import torch
+
+    inside = (0 <= params.top and 0 <= params.left and params.height >= 1 and params.width >= 1
+              and params.top + params.height <= image.height and params.left + params.width <= image.width)
+    if not inside:
+        raise CacheError(f"Teacher-view cache {cache.folder}: view {view} of {key!r} is the box (top {params.top}, left "
+                         f"{params.left}, height {params.height}, width {params.width}), not inside the {image.width}x"
+                         f"{image.height} image; rebuild the cache with `caspl teacher-cache`")
+    if not bool(torch.isfinite(features).all()):
+        raise CacheError(f"Teacher-view cache {cache.folder}: view {view} of {key!r} has non-finite teacher features; "
+                         "rebuild the cache with `caspl teacher-cache`")
 
 
 def open_cached_run(folder, files: Sequence[Path], root: str | Path, student, teacher: str, teacher_weights=None, *,
@@ -138,9 +154,13 @@ def open_cached_domains(folder, domains: Sequence, student, teacher: str, teache
 
     from ..boosting.teacher import load_text_tower
     from ..data.domains import MultiDomainImages
-    from .store import domain_cache_folders
+    from .store import DOMAINS_FILE, check_domain_folder, domain_cache_folders, read_domains_index
 
     folders = domain_cache_folders(folder, [d.name for d in domains])
+    if (Path(folder) / DOMAINS_FILE).is_file():  # written by `caspl teacher-cache --domains`: verified too
+        read_domains_index(folder)
+    for name in folders:
+        check_domain_folder(folder, name)
     missing = [name for name, path in folders.items() if not TeacherViewCache.exists(path)]
     if missing:
         raise FileNotFoundError(f"teacher-view cache {folder} has no cache for domain(s) {missing} (expected "

@@ -1,6 +1,7 @@
 """Precompute a teacher-view cache: K deterministic views per image through the teacher's image tower.
 
-Resumable (finished shards are kept and reused after a crash), incremental (``update=True``
+Resumable (finished shards are kept and reused after a crash, once their recorded content hash is
+checked; the temporary files of a killed write are removed), incremental (``update=True``
 computes only new or changed images and drops removed ones) and shardable across ``torchrun``
 processes (shard ``i`` is computed by rank ``i mod world_size``; rank 0 writes the index), with
 the same bytes as one process.
@@ -19,11 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..artifacts.store import content_hash
+from ..clip.weights import file_sha256
 from ..engine import autocast
+from ..files import stale_temporaries, stale_temporaries_in
 from .store import (
     CACHE_FORMAT,
     FORMAT_VERSION,
+    INDEX_FILE,
     SHARD_DIR,
+    SHARD_SUFFIX,
+    CacheError,
     CacheMismatchError,
     TeacherViewCache,
     compare_identity,
@@ -63,6 +70,47 @@ def cache_identity(teacher, views: int, seed: int, augmentation: AugmentationSet
     if int(views) < 1:
         raise ValueError(f"views must be >= 1, got {views!r}")
     return {"teacher": teacher_identity(teacher), "augmentation": augmentation.to_json(), "views": int(views), "seed": int(seed)}
+
+
+#: a shard's metadata key for the content hash of its tensors and other metadata (checked before reuse)
+CONTENT_KEY = "content_sha256"
+
+
+def _remove_stale_temporaries(folder: Path) -> int:
+    """Remove the temporary files of killed writes of shards and of the index; how many."""
+    removed = 0
+    for temporary in stale_temporaries_in(folder / SHARD_DIR, SHARD_SUFFIX) + stale_temporaries(folder / INDEX_FILE):
+        try:
+            temporary.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _older_format(folder: Path) -> bool:
+    """Whether ``folder`` holds the index of an older cache format (rebuilt rather than refused)."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    version = index.get("format_version") if isinstance(index, dict) else None
+    return (isinstance(index, dict) and index.get("format") == CACHE_FORMAT and isinstance(version, int)
+            and not isinstance(version, bool) and version < FORMAT_VERSION)
+
+
+def _intact_shard(path: Path) -> bool:
+    """Whether a finished shard's tensors and metadata still match the content hash it records."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception:  # a damaged shard is computed again
+        return False
+    recorded = metadata.pop(CONTENT_KEY, None)
+    return recorded is not None and recorded == content_hash(tensors, metadata)
 
 
 def _plan_shards(keys: Sequence[str], digests: dict, identity_hash: str, shard_size: int, feature_dtype: str) -> list[tuple[str, list[str], dict]]:
@@ -152,7 +200,28 @@ def build_teacher_cache(
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size!r}, {batch_size!r}")
     identity = cache_identity(teacher, views, seed, augmentation)
     identity_hash = identity_digest(identity)
-    existing = TeacherViewCache.open(folder) if TeacherViewCache.exists(folder) else None
+    shard_dir = folder / SHARD_DIR
+    if distributed.is_main():
+        removed = _remove_stale_temporaries(folder)
+        if removed:
+            logger.info("teacher-view cache %s: removed %d temporary file(s) left by an interrupted run", folder, removed)
+    distributed.barrier()
+    existing = None
+    if TeacherViewCache.exists(folder):
+        if _older_format(folder):
+            logger.warning("teacher-view cache %s was written by an older version (format < %d): rebuilding it",
+                           folder, FORMAT_VERSION)
+        else:  # verified once, by rank 0: a damaged or modified cache is refused by every process
+            problem = None
+            if distributed.is_main():
+                try:
+                    TeacherViewCache.open(folder)
+                except CacheError as error:
+                    problem = str(error)
+            problem = distributed.broadcast_object(problem)
+            if problem is not None:
+                raise CacheError(problem)
+            existing = TeacherViewCache.open(folder, verify=False)
     known = {**existing.files, **existing.index.get("unreadable", {})} if existing else None
     current = digest_files(files, root, known)
     paths = {key: Path(path) for key, path in zip(current, files)}
@@ -180,17 +249,20 @@ def build_teacher_cache(
     pending = sorted(k for k in current if k not in kept)
     plan = _plan_shards(pending, current, identity_hash, int(shard_size), feature_dtype)
     rank, world = distributed.rank(), distributed.world_size()
-    shard_dir = folder / SHARD_DIR
     mine = [entry for i, entry in enumerate(plan) if i % world == rank]
     bar = tqdm(mine, desc="teacher views", disable=not (progress and distributed.is_main()), leave=False)
     for name, chunk, metadata in bar:
         path = shard_dir / name
         done = read_shard_plan(path)
         if done is not None and all(done.get(k) == v for k, v in metadata.items()):
-            report.shards_reused += 1
-            continue
+            if _intact_shard(path):
+                report.shards_reused += 1
+                continue
+            logger.warning("teacher-view cache %s: shard %s does not match its content hash: computing it again", folder, name)
         tensors, unreadable = _compute_shard(teacher, [paths[k] for k in chunk], chunk, identity, int(batch_size), device, precision, getattr(torch, feature_dtype))
-        write_shard(path, tensors, {**metadata, "unreadable": json.dumps(unreadable)})
+        shard_metadata = {**metadata, "unreadable": json.dumps(unreadable)}
+        shard_metadata[CONTENT_KEY] = content_hash(tensors, shard_metadata)
+        write_shard(path, tensors, shard_metadata)
         report.shards_written += 1
     distributed.barrier()
     report.computed = len(pending)
@@ -206,12 +278,14 @@ def build_teacher_cache(
                     entries[key] = {**current[key], "shard": name, "row": row}
             shards[name] = {"rows": len(chunk)}
         feature_dim = None
-        for name in shards:
+        for name in sorted(shards):
             from safetensors import safe_open
 
-            with safe_open(str(shard_dir / name), framework="pt") as handle:
+            path = shard_dir / name
+            with safe_open(str(path), framework="pt") as handle:
                 feature_dim = int(handle.get_slice("features").get_shape()[-1])
-            break
+            shards[name] = {"rows": shards[name]["rows"], "feature_dim": feature_dim, "bytes": path.stat().st_size,
+                            "sha256": file_sha256(path)}
         from ..version import __version__
 
         index = {
@@ -222,7 +296,7 @@ def build_teacher_cache(
             "shards": shards,
         }
         write_index(folder, index)
-        for orphan in shard_dir.glob("*.safetensors"):
+        for orphan in shard_dir.glob("*" + SHARD_SUFFIX):
             if orphan.name not in shards:
                 orphan.unlink()
         report.unreadable = sorted(unreadable_records)

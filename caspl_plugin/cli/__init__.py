@@ -69,6 +69,23 @@ def _threads(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error).replace("--threads expects ", "expected ")) from None
 
 
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def error_text(error: BaseException) -> str:
+    """The message of ``error``; for an error re-raised from a DataLoader worker process (whose message
+    carries the worker's traceback), the original message only."""
+    import re
+
+    text = str(error)
+    if _WORKER_TRACEBACK in text:
+        tail = text.split(_WORKER_TRACEBACK, 1)[1]
+        found = re.search(rf"^(?:[\w.]+\.)?{re.escape(type(error).__name__)}: (.*)", tail, re.S | re.M)
+        if found:
+            text = found.group(1).strip()
+    return text
+
+
 def _command_in(argv: Sequence[str]) -> Optional[str]:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
@@ -110,7 +127,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             configure_threads(args.threads, local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         return int(args._module.run(args) or 0)
     except (CommandError, FileNotFoundError, ValueError) as error:
-        print(f"caspl {args.command}: error: {error}", file=sys.stderr)
+        print(f"caspl {args.command}: error: {error_text(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise

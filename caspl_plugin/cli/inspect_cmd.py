@@ -1,5 +1,7 @@
 """``caspl inspect FILE``: print an artifact's metadata, tensor shapes, content-hash status and the
-result of its per-kind validation; exits non-zero on any inconsistency."""
+result of its per-kind validation; the same for an exported classifier (``.onnx``: metadata, graph
+input/output, digest, validation against the graph) and a teacher-view cache folder (index, shards'
+digests); exits non-zero on any inconsistency."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +15,8 @@ _SHOWN_CLASS_NAMES = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="artifact (.safetensors) written by caspl-plugin, or a teacher-view cache folder")
+    parser.add_argument("file", help="artifact (.safetensors) written by caspl-plugin, an exported classifier (.onnx), "
+                                     "or a teacher-view cache folder")
     parser.add_argument("--json", action="store_true", help="print the metadata document as JSON")
 
 
@@ -74,21 +77,59 @@ def run(args: argparse.Namespace) -> int:
     # dispatch on what the path is: a teacher-view cache folder, or an artifact file
     if path.is_dir():
         return inspect_cache(path, args.json)
+    if path.suffix.lower() == ".onnx":
+        return inspect_onnx(args.file, args.json)
     return inspect_artifact(args.file, args.json)
 
 
+def inspect_onnx(file: str, as_json: bool) -> int:
+    """Print an exported classifier's metadata, graph interface, digest status and validation (no
+    onnxruntime needed); CommandError when it is not ours, does not verify or is inconsistent."""
+    from caspl_plugin.export.integrity import digest_problem, foreign_problem, metadata_problems, read_onnx_file
+
+    onnx_file = read_onnx_file(file)
+    foreign = foreign_problem(onnx_file)  # not ours, another format version, duplicated keys: nothing to show
+    if foreign is not None:
+        raise CommandError(foreign)
+    problem = digest_problem(onnx_file)
+    meta, problems = metadata_problems(onnx_file.ours, onnx_file)
+    if as_json:
+        print(json.dumps({k: v for k, v in meta.items()}, indent=2, ensure_ascii=False))
+    else:
+        shown = {k: v for k, v in meta.items() if k != "content_sha256"}
+        rows = list(_lines(shown))
+        rows.append(("graph.input", ", ".join(f"{name} {shape}" for name, shape in onnx_file.inputs.items())))
+        rows.append(("graph.output", ", ".join(f"{name} {shape}" for name, shape in onnx_file.outputs.items())))
+        rows.append(("content_sha256", f"{meta.get('content_sha256')} ({'MISMATCH' if problem else 'ok'}, graph+metadata)"))
+        if problem is None:
+            rows.append(("validation", "ok" if not problems else f"{len(problems)} problem(s)"))
+            rows.extend(("  problem", p) for p in problems)
+        width = max(len(key) for key, _ in rows)
+        print("\n".join([f"{file} (exported classifier, ONNX)"] + [f"  {key.ljust(width)} : {text}" for key, text in rows]))
+    if problem is not None:
+        raise CommandError(problem)
+    if problems:
+        raise CommandError(f"{file}: {len(problems)} inconsistenc{'y' if len(problems) == 1 else 'ies'}: " + "; ".join(problems))
+    return 0
+
+
 def inspect_cache(folder: Path, as_json: bool) -> int:
-    """Describe a teacher-view cache folder (``caspl teacher-cache``; one domain or several), or
-    print its index as JSON."""
-    from caspl_plugin.cache.store import DOMAINS_FILE, INDEX_FILE, describe_cache
+    """Describe and verify a teacher-view cache folder (``caspl teacher-cache``; one domain or several),
+    or print its index as JSON; CommandError (exit 2) when it does not verify: the index's fields and
+    content hash, every shard's place, size, sha256 and shapes (:mod:`caspl_plugin.cache.store`)."""
+    from caspl_plugin.cache.store import DOMAINS_FILE, INDEX_FILE, inspect_cache_folder
 
     index = next((folder / name for name in (INDEX_FILE, DOMAINS_FILE) if (folder / name).is_file()), None)
     if index is None:
         raise CommandError(f"{folder} is a directory without a teacher-view cache index ({INDEX_FILE} or {DOMAINS_FILE}); "
-                           "expected an artifact file (.safetensors) or a `caspl teacher-cache` folder")
-    try:
-        text = describe_cache(folder)
-    except (OSError, ValueError, KeyError) as error:
-        raise CommandError(f"{index} cannot be read as a teacher-view cache index: {error}") from error
-    print(index.read_text(encoding="utf-8") if as_json else text)
+                           "expected an artifact file (.safetensors), an exported classifier (.onnx) or a `caspl teacher-cache` folder")
+    text, problems = inspect_cache_folder(folder)
+    if as_json and not problems:
+        print(index.read_text(encoding="utf-8"))
+    else:
+        print(text)
+    if problems:
+        raise CommandError(f"{folder}: the teacher-view cache does not verify ({len(problems)} problem(s)): "
+                           + " | ".join(" ".join(p.split()) for p in problems[:3])
+                           + (f" | ... ({len(problems) - 3} more)" if len(problems) > 3 else ""))
     return 0

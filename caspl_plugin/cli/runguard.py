@@ -35,9 +35,10 @@ PathLike = Union[str, os.PathLike]
 def preflight_output(path: PathLike, *, suffix: Optional[str] = None, what: str = "output") -> None:
     """Check that ``path`` can be written, before any work is done; raise :class:`CommandError` if not.
 
-    ``path`` must end in ``suffix`` (if given) and must not be a folder; its folder must exist or
-    be creatable (it is created) and must accept a new file (a temporary file is created and
-    removed). ``what`` names the path in the messages (e.g. ``"--output"``).
+    ``path`` must end in ``suffix`` (if given) and must not be a folder; an existing file there must
+    be replaceable (:func:`replace_blocker`); its folder must exist or be creatable (it is created)
+    and must accept a new file (a temporary file is created and removed). ``what`` names the path in
+    the messages (e.g. ``"--output"``).
     """
     from caspl_plugin.files import temporary_path
 
@@ -46,6 +47,11 @@ def preflight_output(path: PathLike, *, suffix: Optional[str] = None, what: str 
         raise CommandError(f"{what} must end in {suffix}, got {path}")
     if path.is_dir():
         raise CommandError(f"{what} {path} is a folder; expected the path of a file to write")
+    if path.is_file():
+        blocker = replace_blocker(path)
+        if blocker:
+            raise CommandError(f"cannot replace {what} {path}: {blocker}; the result would be lost when training ends. "
+                               "Choose another output, or make the file replaceable first")
     folder = path.parent
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -64,6 +70,64 @@ def preflight_output(path: PathLike, *, suffix: Optional[str] = None, what: str 
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
+
+
+#: Linux inode flags (``FS_IOC_GETFLAGS``): the file cannot be replaced, renamed or unlinked
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def _inode_flags(path: Path) -> Optional[int]:
+    """The file's Linux inode flags (``lsattr``), or None where they cannot be read (other systems,
+    file systems without them)."""
+    import struct
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    request = (2 << 30) | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1  # _IOR('f', 1, long)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(descriptor, request, struct.pack("i", 0)))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def replace_blocker(path: PathLike) -> Optional[str]:
+    """Why the existing file ``path`` could not be replaced by a finished run's ``os.replace`` (None
+    when nothing is known to block it): an immutable or append-only file (Linux ``chattr +i``/``+a``,
+    BSD/macOS ``chflags uchg``/``uappnd``), or a sticky folder (``/tmp``-like) where the file belongs
+    to another user. Nothing is written, renamed or removed to find out."""
+    import stat
+
+    path = Path(path)
+    try:
+        info, folder = os.lstat(path), os.stat(path.parent)
+    except OSError:
+        return None
+    flags = _inode_flags(path)
+    if flags is not None and flags & _FS_IMMUTABLE_FL:
+        return "the file is immutable (chattr +i; undo with chattr -i)"
+    if flags is not None and flags & _FS_APPEND_FL:
+        return "the file is append-only (chattr +a; undo with chattr -a)"
+    bsd = getattr(info, "st_flags", 0)
+    if bsd & (getattr(stat, "UF_IMMUTABLE", 0) | getattr(stat, "SF_IMMUTABLE", 0)):
+        return "the file is immutable (chflags uchg/schg)"
+    if bsd & (getattr(stat, "UF_APPEND", 0) | getattr(stat, "SF_APPEND", 0)):
+        return "the file is append-only (chflags uappnd/sappnd)"
+    user = os.geteuid() if hasattr(os, "geteuid") else None
+    if user not in (None, 0) and folder.st_mode & stat.S_ISVTX and user not in (info.st_uid, folder.st_uid):
+        return (f"its folder {path.parent} is sticky and the file belongs to another user (uid {info.st_uid}), so only "
+                "that user can replace it")
+    return None
 
 
 def remove_stale_temps(path: PathLike) -> int:

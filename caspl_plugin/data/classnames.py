@@ -8,8 +8,12 @@ Rules:
   are skipped.
 - A line whose first character (after the whitespace) is ``#`` is a **comment** and is skipped; the
   number of comment lines is logged. To name a class that starts with ``#``, write ``\\#name``.
+- A name holding a control character (NUL, tab, ...; Unicode category ``Cc``) or a bidirectional
+  embedding, override or isolate (U+202A..U+202E, U+2066..U+2069: they reorder how the text around
+  them is shown, so a printed label would not read as stored) is an error
+  (:func:`caspl_plugin.names.class_name_problem`, the same rule wherever a class name is read or stored).
 - Nothing else is dropped: a name made only of invisible characters (zero-width spaces, joiners,
-  BOMs, control characters) is an error, and so are duplicates after the normalisation the text
+  BOMs) is an error, and so are duplicates after the normalisation the text
   encoder sees: underscores become spaces (as in the prompts), then open_clip's tokenizer
   cleaning (``ftfy``, HTML unescaping, whitespace collapsing, lower case); invisible characters
   are ignored when comparing.
@@ -25,13 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-__all__ = ["ClassNamesError", "ClassNamesFile", "class_name_key", "read_class_names", "read_class_names_file"]
+from ..names import BIDI_CONTROLS, class_name_problem
+
+__all__ = ["BIDI_CONTROLS", "ClassNamesError", "ClassNamesFile", "check_class_names", "class_name_key",
+           "class_name_problem", "read_class_names", "read_class_names_file"]
 
 logger = logging.getLogger(__name__)
 
 COMMENT = "#"
 ESCAPED_COMMENT = "\\#"
 _INVISIBLE_CATEGORIES = {"Cf", "Cc", "Zs", "Zl", "Zp", "Cn", "Co", "Cs"}
+
+
+def check_class_names(names, where: str) -> list[str]:
+    """``names`` if every one passes :func:`class_name_problem`, else :class:`ClassNamesError` naming
+    ``where`` and the position of the first bad name."""
+    for i, name in enumerate(names):
+        reason = class_name_problem(name)
+        if reason:
+            raise ClassNamesError(f"{where}: class name {i}: {reason}")
+    return list(names)
 
 
 class ClassNamesError(ValueError):
@@ -87,6 +104,9 @@ def read_class_names_file(path: Union[str, os.PathLike], *, min_classes: int = 1
             continue
         if name.startswith(ESCAPED_COMMENT):
             name = name[1:]
+        reason = class_name_problem(name)
+        if reason:
+            raise ClassNamesError(f"{path}, line {number}: {reason}")
         if _invisible(name) or not class_name_key(name):
             raise ClassNamesError(
                 f"{path}, line {number}: the class name {name!r} is made of invisible characters only"

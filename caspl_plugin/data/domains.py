@@ -31,12 +31,23 @@ repeatable) or in a manifest (JSON or YAML)::
     ]}
 
 Relative paths in a manifest are relative to the manifest's folder; a template without ``{}`` is a
-dataset name whose CoOp template is used.
+dataset name whose CoOp template is used. Every entry is checked field by field before anything is
+read (:func:`read_manifest`): ``images``, ``class_names`` and ``template`` non-empty strings, ``name``
+(optional, default: the image folder's name) a string; errors name the manifest, the entry and the field.
+
+Every command applies the same rules to every domain, from a manifest or the command line:
+
+- a **name** names the domain's teacher-view cache folder, so it is a plain folder name on every file
+  system (:data:`DOMAIN_NAME`: letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit),
+  unique ignoring case;
+- a **template** holds exactly one ``{}`` (where the class name goes) and no other brace, or is a
+  dataset name (:func:`resolve_template`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -49,6 +60,23 @@ from .unlabeled import UnlabeledImages, list_images, read_class_names
 logger = logging.getLogger(__name__)
 
 SAMPLING = ("size", "even")
+#: a domain name: a folder name on every file system (it names the domain's teacher-view cache folder)
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+_MANIFEST_FIELDS = ("name", "images", "class_names", "template")
+
+
+class DomainError(ValueError):
+    """A domain (manifest entry or command-line value) that cannot be used; the message says where."""
+
+
+def check_domain_name(name, where: str = "domain") -> str:
+    """``name`` if it is a valid domain name (:data:`DOMAIN_NAME`), else :class:`DomainError` naming ``where``."""
+    if not isinstance(name, str):
+        raise DomainError(f"{where}: the name must be a string of {_NAME_RULE}, got {type(name).__name__} {name!r}")
+    if not DOMAIN_NAME.fullmatch(name):
+        raise DomainError(f"{where}: the name {name!r} cannot name a cache folder; use {_NAME_RULE}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -82,46 +110,75 @@ class DomainSource:
                 "class_names": names, "template": self.classes.template, "num_images": len(self.files)}
 
 
-def resolve_template(value: str) -> str:
-    """A template with ``{}``, or a dataset name whose CoOp zero-shot template is used."""
-    if "{}" in value:
-        return value
+def check_template(value) -> str:
+    """``value`` if it is a text template: a string with exactly one ``{}`` and no other brace (so
+    ``value.format(name)`` puts the class name there and nowhere else); :class:`DomainError` otherwise."""
+    if not isinstance(value, str):
+        raise DomainError(f"template must be a string with one '{{}}', got {type(value).__name__} {value!r}")
+    if value.count("{}") != 1 or "{" in value.replace("{}", "", 1) or "}" in value.replace("{}", "", 1):
+        raise DomainError(f"template {value!r} must contain exactly one '{{}}' (where the class name goes) and no other "
+                          "'{' or '}'")
+    return value
+
+
+def resolve_template(value) -> str:
+    """A template with exactly one ``{}`` (:func:`check_template`), or a dataset name whose CoOp
+    zero-shot template is used."""
+    if isinstance(value, str) and ("{" in value or "}" in value):
+        return check_template(value)
     from .catalog import TEMPLATES
 
-    if value in TEMPLATES:
+    if isinstance(value, str) and value in TEMPLATES:
         return TEMPLATES[value]
-    raise ValueError(f"template {value!r} has no '{{}}' and is not a dataset name; known datasets: {', '.join(sorted(TEMPLATES))}")
+    if not isinstance(value, str):
+        check_template(value)
+    raise DomainError(f"template {value!r} has no '{{}}' and is not a dataset name; known datasets: {', '.join(sorted(TEMPLATES))}")
 
 
 def load_domain(images, class_names, template: str, name: Optional[str] = None) -> DomainSource:
     """One domain from an image folder, a class-names file and a template; clear errors otherwise."""
     images = Path(images)
-    name = name or images.name
-    if not name or not name.strip():
-        raise ValueError(f"domain of {images}: the name is empty")
+    name = images.name if name is None else name
+    check_domain_name(name, f"domain of {images}")
     try:
         files = list_images(images)
         names = read_class_names(class_names)
         template = resolve_template(template)
     except (OSError, ValueError) as error:
-        raise ValueError(f"domain {name!r}: {error}") from error
+        raise DomainError(f"domain {name!r}: {error}") from error
     if len(names) < 2:
-        raise ValueError(f"domain {name!r}: {class_names} has {len(names)} class name; a domain needs at least 2 classes")
+        raise DomainError(f"domain {name!r}: {class_names} has {len(names)} class name; a domain needs at least 2 classes")
     return DomainSource(DomainClassSet(name, tuple(names), template), tuple(files), images)
 
 
-def check_domains(domains: Sequence[DomainSource]) -> list[DomainSource]:
-    """At least one domain, names unique."""
-    domains = list(domains)
-    if not domains:
-        raise ValueError("no domain given")
+def check_domain_names(names: Sequence[str]) -> list[str]:
+    """At least one name, each a valid domain name (:data:`DOMAIN_NAME`), unique even ignoring case
+    (cache folders of names differing only in case collide on case-insensitive file systems)."""
+    names = list(names)
+    if not names:
+        raise DomainError("no domain given")
+    for name in names:
+        check_domain_name(name)
     seen: dict[str, int] = {}
-    for domain in domains:
-        seen[domain.name] = seen.get(domain.name, 0) + 1
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
     dupes = sorted(name for name, count in seen.items() if count > 1)
     if dupes:
-        raise ValueError(f"duplicate domain name(s) {dupes}: every domain needs its own name "
-                         "(4th value of --domain, or 'name' in the manifest)")
+        raise DomainError(f"duplicate domain name(s) {dupes}: every domain needs its own name "
+                          "(4th value of --domain, or 'name' in the manifest)")
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.setdefault(name.lower(), name)
+        if other != name:
+            raise DomainError(f"domain names {other!r} and {name!r} differ only in case: their cache folders would "
+                              "collide on a case-insensitive file system")
+    return names
+
+
+def check_domains(domains: Sequence[DomainSource]) -> list[DomainSource]:
+    """At least one domain; names valid and unique (:func:`check_domain_names`)."""
+    domains = list(domains)
+    check_domain_names([d.name for d in domains])
     return domains
 
 
@@ -130,7 +187,7 @@ def domains_from_args(values: Sequence[Sequence[str]]) -> list[DomainSource]:
     domains = []
     for value in values:
         if len(value) not in (3, 4):
-            raise ValueError(f"--domain takes IMAGES CLASSNAMES TEMPLATE [NAME], got {len(value)} value(s): {list(value)}")
+            raise DomainError(f"--domain takes IMAGES CLASSNAMES TEMPLATE [NAME], got {len(value)} value(s): {list(value)}")
         domains.append(load_domain(*value))
     return check_domains(domains)
 
@@ -138,7 +195,7 @@ def domains_from_args(values: Sequence[Sequence[str]]) -> list[DomainSource]:
 def read_domains(domain: Optional[Sequence[Sequence[str]]] = None, manifest=None) -> Optional[list[DomainSource]]:
     """The domains of ``--domain`` values or of a ``--domains`` manifest (None when neither is given)."""
     if domain and manifest:
-        raise ValueError("use either --domain (repeated) or --domains MANIFEST, not both")
+        raise DomainError("use either --domain (repeated) or --domains MANIFEST, not both")
     if manifest:
         return read_manifest(manifest)
     return domains_from_args(domain) if domain else None
@@ -157,10 +214,10 @@ def benchmark_domain(name: str, root, *, subsample: str = "all") -> DomainSource
         splits = load_benchmark(name, str(root), subsample=subsample)
     except (KeyError, OSError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise ValueError(f"domain {name!r}: {message}") from None
+        raise DomainError(f"domain {name!r}: {message}") from None
     files = tuple(sorted({Path(record.impath) for record in splits.train}))
     if not files:
-        raise ValueError(f"domain {name!r}: the train split under {root} has no images")
+        raise DomainError(f"domain {name!r}: the train split under {root} has no images")
     return DomainSource(DomainClassSet(name, tuple(class_names_of(splits.train)), spec.template), files, Path(root))
 
 
@@ -177,35 +234,93 @@ def dassl_domains(entries: Sequence[str], root, *, subsample: str = "all") -> li
     return check_domains(domains)
 
 
+def _shown(value) -> str:
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
 def read_manifest(path) -> list[DomainSource]:
-    """Domains from a JSON or YAML manifest (see the module docstring); paths relative to its folder."""
+    """Domains from a JSON or YAML manifest (see the module docstring); paths relative to its folder.
+
+    Every entry is checked field by field before any folder or file it names is read; a problem is a
+    :class:`DomainError` naming the manifest, the entry (its index, and its name when that is valid)
+    and the field.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"domain manifest not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    raw = path.read_bytes()
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DomainError(f"domain manifest {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                          f"{error.start}); save it as UTF-8") from None
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+    try:
+        if kind == "YAML":
             import yaml
 
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-    except Exception as error:  # a parse error of either format: name the file
-        raise ValueError(f"domain manifest {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {error}") from error
-    entries = data.get("domains") if isinstance(data, dict) else data
+    except Exception as error:  # a parse error of either format: name the file, on one line
+        reason = " ".join(str(error).split())
+        raise DomainError(f"domain manifest {path} is not valid {kind}: {reason}") from None
+    if isinstance(data, dict):
+        unknown = sorted(map(str, set(data) - {"domains"}))
+        if unknown or "domains" not in data:
+            raise DomainError(f"domain manifest {path}: expected {{\"domains\": [...]}} or a list of domains, got the "
+                              f"key(s) {sorted(map(str, data))}")
+        entries = data["domains"]
+    else:
+        entries = data
     if not isinstance(entries, list):
-        raise ValueError(f"domain manifest {path}: expected {{\"domains\": [...]}} or a list of domains")
+        raise DomainError(f"domain manifest {path}: expected {{\"domains\": [...]}} or a list of domains, got "
+                          f"{_shown(entries)}")
+    if not entries:
+        raise DomainError(f"domain manifest {path} lists no domain")
+    checked = [_manifest_entry(path, i, entry) for i, entry in enumerate(entries)]
+    try:
+        check_domain_names([entry.get("name", Path(entry["images"]).name) for entry in checked])
+    except DomainError as error:
+        raise DomainError(f"domain manifest {path}: {error}") from None
     domains = []
-    for i, entry in enumerate(entries):
-        required = ("images", "class_names", "template")
-        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), str) for k in required):
-            raise ValueError(f"domain manifest {path}: entry {i} must have string fields {', '.join(required)} (and optionally name)")
-        unknown = sorted(set(entry) - {*required, "name"})
-        if unknown:
-            raise ValueError(f"domain manifest {path}: entry {i} has unknown field(s) {unknown}")
-        domains.append(load_domain(path.parent / entry["images"], path.parent / entry["class_names"],
-                                   entry["template"], entry.get("name")))
+    for i, entry in enumerate(checked):
+        where = f"domain manifest {path}, entry {i}"
+        try:
+            domains.append(load_domain(path.parent / entry["images"], path.parent / entry["class_names"],
+                                       entry["template"], entry.get("name")))
+        except (OSError, ValueError) as error:
+            raise DomainError(f"{where}: {error}") from None
     return check_domains(domains)
+
+
+def _manifest_entry(path: Path, i: int, entry) -> dict:
+    """Entry ``i`` of a manifest, every field's type and form checked (nothing is read yet)."""
+    where = f"domain manifest {path}, entry {i}"
+    if not isinstance(entry, dict):
+        raise DomainError(f"{where}: expected an object with {', '.join(_MANIFEST_FIELDS)}, got {_shown(entry)}")
+    if "name" in entry:
+        check_domain_name(entry["name"], f"{where}, field 'name'")
+        where += f" ({entry['name']})"
+    unknown = sorted(map(str, set(entry) - set(_MANIFEST_FIELDS)))
+    if unknown:
+        raise DomainError(f"{where}: unknown field(s) {unknown}; the fields are {', '.join(_MANIFEST_FIELDS)}")
+    for field in ("images", "class_names", "template"):
+        value = entry.get(field)
+        if field not in entry:
+            raise DomainError(f"{where}: field {field!r} is missing")
+        if not isinstance(value, str) or not value.strip():
+            expected = "a folder path" if field == "images" else "a file path" if field == "class_names" else \
+                "a template with one '{}' or a dataset name"
+            raise DomainError(f"{where}, field {field!r}: expected {expected} (a non-empty string), got {_shown(value)}")
+    try:
+        resolve_template(entry["template"])
+    except DomainError as error:
+        raise DomainError(f"{where}, field 'template': {error}") from None
+    if "name" not in entry and not DOMAIN_NAME.fullmatch(Path(entry["images"]).name):
+        raise DomainError(f"{where}: no 'name' field, and the image folder's name {Path(entry['images']).name!r} cannot "
+                          f"name a cache folder; add a 'name' of {_NAME_RULE}")
+    return entry
 
 
 # ---- the batch plan ------------------------------------------------------------------------------

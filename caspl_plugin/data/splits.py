@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..files import atomic_write
+from ..names import class_name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def _parse_entries(path, key: str, entries, image_dir: str) -> list[Record]:
         ):
             raise _split_error(path, f"{key}[{index}] must be [relpath, label, classname], got {entry!r}")
         relpath, label, classname = entry
+        reason = class_name_problem(classname)
+        if reason:
+            raise _split_error(path, f"{key}[{index}]: class name {reason}")
         records.append(Record(os.path.join(image_dir, relpath), label, classname))
     return records
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 
 FORMAT = "caspl-onnx-classifier"
-FORMAT_VERSION = 1
+#: 2: ``caspl.content_sha256``, a digest over the graph and our metadata (:mod:`.integrity`)
+FORMAT_VERSION = 2
 #: prefix of our keys in the ONNX model's ``metadata_props``
 METADATA_PREFIX = "caspl."
 INPUT_NAME = "images"

@@ -71,6 +71,12 @@ def build_metadata(model: nn.Module, *, quantization: str = "none", source_sha25
     """Our ``metadata_props`` (string values; lists and dicts as JSON) for ``model``'s export."""
     from ..version import __version__
 
+    from ..data.classnames import ClassNamesError, check_class_names
+
+    try:
+        check_class_names(model.class_names, f"{model.method} classifier")
+    except ClassNamesError as error:
+        raise ExportError(str(error)) from None
     clip = model.clip
     boosting = model.boosting
     student = {"backbone": clip.backbone_name, "weights": clip.weights_source, **clip.geometry}
@@ -94,6 +100,23 @@ def build_metadata(model: nn.Module, *, quantization: str = "none", source_sha25
     if source_sha256:
         values["source_sha256"] = source_sha256
     return {METADATA_PREFIX + key: value for key, value in values.items()}
+
+
+def _our_properties(proto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
+
+
+def _sealed(proto, path) -> bytes:
+    """``proto`` serialised with its digest (``caspl.content_sha256`` over the graph and our metadata),
+    after checking that the bytes verify as the runtime will check them (nothing is written otherwise)."""
+    from .integrity import DIGEST_KEY, check_classifier_file, onnx_digest, parse_onnx_bytes
+
+    _set_metadata(proto, {k: v for k, v in _our_properties(proto).items() if k != DIGEST_KEY})
+    digest = onnx_digest(parse_onnx_bytes(proto.SerializeToString(), str(path)))
+    proto.metadata_props.add(key=DIGEST_KEY, value=digest)
+    data = proto.SerializeToString()
+    check_classifier_file(parse_onnx_bytes(data, str(path)))
+    return data
 
 
 def _set_metadata(proto, metadata: dict[str, str]) -> None:
@@ -177,7 +200,7 @@ def export_model(
     if quantize == "int8":
         proto = _quantize_int8(proto)
     _set_metadata(proto, build_metadata(deployed_model, quantization=quantize, source_sha256=source_sha256))
-    data = proto.SerializeToString()
+    data = _sealed(proto, path)
     if len(data) >= _PROTOBUF_LIMIT:
         raise ExportError(f"The exported graph is {len(data) / 1024**3:.1f} GiB, over protobuf's 2 GiB limit for one ONNX file")
     difference = agreement = None
@@ -197,7 +220,7 @@ def export_model(
             )
     atomic_write(path, data)
     logger.info("Wrote %s (%s, %d classes, %s)", path, deployed_model.method, len(deployed_model.class_names), quantize)
-    return {"path": str(path), "metadata": build_metadata(deployed_model, quantization=quantize, source_sha256=source_sha256),
+    return {"path": str(path), "metadata": _our_properties(proto),
             "max_abs_difference": difference, "top1_agreement": agreement}
 
 
@@ -245,8 +268,11 @@ def quantize_onnx(source, path) -> dict[str, str]:
         raise ExportError(f"{source} is not a caspl classifier export")
     if metadata.get(METADATA_PREFIX + "quantization", "none") != "none":
         raise ExportError(f"{source} is already quantised ({metadata[METADATA_PREFIX + 'quantization']})")
+    from .integrity import check_classifier_file, read_onnx_file
+
+    check_classifier_file(read_onnx_file(source))  # only a verified export is quantised
     quantized = _quantize_int8(proto)
     metadata[METADATA_PREFIX + "quantization"] = "int8"
     _set_metadata(quantized, metadata)
-    atomic_write(path, quantized.SerializeToString())
-    return metadata
+    atomic_write(path, _sealed(quantized, path))
+    return _our_properties(quantized)

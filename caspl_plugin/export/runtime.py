@@ -1,17 +1,13 @@
 """Run an exported classifier with onnxruntime: PIL + numpy preprocessing, no torch."""
 from __future__ import annotations
 
-import json
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..prediction import Prediction
-from . import FORMAT, FORMAT_VERSION, INPUT_NAME, INSTALL_HINT, METADATA_PREFIX, OUTPUT_NAME, ExportError
+from . import INPUT_NAME, INSTALL_HINT, OUTPUT_NAME, ExportError
 from .preprocess import eval_pixels, open_image
-
-_JSON_KEYS = ("class_names", "mean", "std", "student", "settings")
 
 
 def _onnxruntime():
@@ -33,70 +29,43 @@ def _providers(ort, device: str) -> list:
     raise ExportError(f"device {device!r}: expected cpu, cuda or cuda:N for an .onnx classifier")
 
 
-def parse_metadata(props: dict, origin: str) -> dict:
-    """Our metadata from an ONNX model's ``metadata_props`` map, checked; a clear error otherwise."""
-    ours = {k[len(METADATA_PREFIX):]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
-    if ours.get("format") != FORMAT:
-        found = ours.get("format")
-        raise ExportError(
-            f"{origin} is an ONNX model but not a caspl classifier export "
-            + (f"(format {found!r}, expected {FORMAT!r})" if found else f"(no {METADATA_PREFIX}format metadata)")
-            + "; export one with `caspl export --model CLASSIFIER.safetensors -o FILE.onnx`"
-        )
-    try:
-        version = int(ours.get("format_version", ""))
-    except ValueError:
-        version = None
-    if version != FORMAT_VERSION:
-        raise ExportError(f"{origin}: format version {ours.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
-    missing = [k for k in ("method", "class_names", "image_size", "mean", "std") if k not in ours]
-    if missing:
-        raise ExportError(f"{origin}: caspl metadata lacks {', '.join(missing)}")
-    meta = dict(ours)
-    try:
-        for key in _JSON_KEYS:
-            if key in meta:
-                meta[key] = json.loads(meta[key])
-        meta["image_size"] = int(meta["image_size"])
-    except ValueError as error:
-        raise ExportError(f"{origin}: unreadable caspl metadata: {error}") from None
-    names = meta["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ExportError(f"{origin}: class_names must be a non-empty list of strings")
-    for key in ("mean", "std"):
-        if not (isinstance(meta[key], list) and len(meta[key]) == 3):
-            raise ExportError(f"{origin}: {key} must be 3 numbers, got {meta[key]!r}")
-    meta["boosting"] = meta.get("boosting") == "true"
-    return meta
-
-
-def _open_session(path, providers):
+def _open_session(data: bytes, path, providers):
+    """An onnxruntime session over ``data`` (the bytes that were verified), errors as one line."""
     ort = _onnxruntime()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Model not found: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(os.fspath(path), options, providers=providers)
+        return ort.InferenceSession(data, options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"{path} is not a readable ONNX model: {first_line}") from None
 
 
 def read_metadata(path) -> dict:
-    """Our metadata of the exported classifier at ``path`` (JSON values decoded)."""
-    session = _open_session(path, ["CPUExecutionProvider"])
-    return parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    """Our metadata of the exported classifier at ``path`` (JSON values decoded), after the file's
+    digest and every field were verified (:mod:`caspl_plugin.export.integrity`; no onnxruntime needed)."""
+    from .integrity import check_classifier_file, read_onnx_file
+
+    return check_classifier_file(read_onnx_file(path))
 
 
 class OnnxClassifier:
-    """An exported classifier in onnxruntime: ``predict(paths or pixel array, topk)``."""
+    """An exported classifier in onnxruntime: ``predict(paths or pixel array, topk)``.
+
+    The file is read once; its digest and every metadata field are verified against the graph
+    (:func:`caspl_plugin.export.integrity.check_classifier_file`) before onnxruntime sees the same
+    bytes, so what runs is what was verified.
+    """
 
     def __init__(self, path, *, device: str = "cpu"):
+        from .integrity import check_classifier_file, read_onnx_file
+
         ort = _onnxruntime()
         self.path = str(path)
-        self.session = _open_session(path, _providers(ort, device))
-        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        providers = _providers(ort, device)
+        onnx_file = read_onnx_file(path)
+        self.metadata = check_classifier_file(onnx_file)
+        self.session = _open_session(onnx_file.data, path, providers)
         inputs, outputs = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
             raise ExportError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, the graph has {inputs} -> {outputs}")

@@ -27,6 +27,19 @@
     Importing ``dassl.data`` runs ``logging.disable(logging.WARNING)`` (in its WILDS reader),
     which silences every INFO and WARNING record of the process. Restored to ``NOTSET`` when it
     is still at that level.
+``read_image``
+    Dassl reads every dataset image with its ``read_image`` (``Image.open(path).convert("RGB")``;
+    the copies vendored by CoOp-style projects retry forever on an ``IOError``, so one corrupt
+    file hangs the run; and 16-bit images are clipped). It is replaced, wherever it was imported by
+    name, by :func:`read_image`: the package's reader
+    (:func:`caspl_plugin.data.images.open_rgb`: 16-bit scaled, alpha on white), one try, an
+    :class:`UnreadableImageError` otherwise. ``DatasetWrapper.__getitem__`` turns that error into a
+    marked item, and the loaders ``build_data_loader`` builds (every Dassl split) drop marked items
+    from their batches, as the package's own loops do: a training batch left empty is refilled
+    with the next readable images, an evaluation batch left empty is not yielded. At the end of
+    each pass over a loader (an epoch), the unreadable files it skipped are counted and listed on
+    the ``caspl_plugin.dassl`` logger, which writes to ``sys.stdout`` (Dassl's ``log.txt``).
+    (A ``DatasetWrapper`` used outside those loaders gets the next readable item instead, logged.)
 
 Set ``CASPL_DASSL_COMPAT=0`` (or call ``apply(enable=False)``) to leave Dassl untouched;
 :func:`revert` undoes the patches.
@@ -246,6 +259,180 @@ def _patch_logging() -> None:
         _applied["logging"] = [lambda: logging.disable(disabled)]
 
 
+# -- (f): image reads through the package's reader, unreadable images skipped and counted -----------
+
+#: the item key that marks an unreadable image, and the batch key listing the skipped ``(path, reason)``
+UNREADABLE_KEY = "caspl_unreadable"
+SKIPPED_KEY = "caspl_skipped"
+_EMPTY_KEY = "caspl_empty"
+
+
+class UnreadableImageError(OSError):
+    """An image file that :func:`caspl_plugin.data.images.open_rgb` cannot read (one try, no retry)."""
+
+
+def read_image(path):
+    """Dassl's ``read_image`` through :func:`caspl_plugin.data.images.open_rgb`: an 8-bit RGB image
+    (16-bit scaled, alpha on white), or :class:`UnreadableImageError` after one try."""
+    from caspl_plugin.data.images import open_rgb
+
+    try:
+        return open_rgb(path)
+    except Exception as error:  # any decoding failure: one line, never retried
+        reason = f"{type(error).__name__}: {error}".replace(str(path), "").strip(" :'\"") or type(error).__name__
+        unreadable = UnreadableImageError(f"Cannot read image {path}: {reason}")
+        unreadable.reason = reason
+        raise unreadable from None
+
+
+def dassl_log() -> logging.Logger:
+    """The logger whose records reach Dassl's ``log.txt``: it writes to the current ``sys.stdout``
+    (which Dassl's ``setup_logger`` tees into the log file) and not to the root handlers."""
+    log = logging.getLogger("caspl_plugin.dassl")
+    if not any(isinstance(h, _StdoutHandler) for h in log.handlers):
+        log.addHandler(_StdoutHandler())
+        log.propagate = False
+        log.setLevel(logging.INFO)
+    return log
+
+
+class _StdoutHandler(logging.Handler):
+    """Writes records to whatever ``sys.stdout`` is when they are emitted."""
+
+    def emit(self, record):
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:  # never let logging break training
+            self.handleError(record)
+
+
+def _wrapper_getitem(original):
+    def __getitem__(self, idx):
+        try:
+            return original(self, idx)
+        except UnreadableImageError as error:
+            impath = getattr(self.data_source[idx], "impath", "?")
+            if getattr(self, "_caspl_skip_unreadable", False):  # our loaders drop it and count it
+                return {UNREADABLE_KEY: str(impath), "caspl_reason": getattr(error, "reason", str(error)), "index": idx}
+            substitute = _next_readable(self, idx, original)
+            dassl_log().warning("Skipping unreadable image %s (%s); item %d is given instead", impath, error, substitute["index"])
+            return substitute
+    __getitem__._caspl_original = original
+    return __getitem__
+
+
+def _next_readable(wrapper, idx: int, getitem):
+    """The item of the first readable image after ``idx`` (wrapping around)."""
+    size = len(wrapper)
+    for step in range(1, size + 1):
+        try:
+            return getitem(wrapper, (idx + step) % size)
+        except UnreadableImageError:
+            continue
+    raise UnreadableImageError(f"none of the {size} images of this Dassl data source is readable")
+
+
+class _DropUnreadable:
+    """A loader's ``collate_fn``: drops marked (unreadable) items and lists them under ``SKIPPED_KEY``;
+    a training batch left empty gets the next readable images instead."""
+
+    def __init__(self, dataset, is_train: bool, collate):
+        self.dataset, self.is_train, self.collate = dataset, is_train, collate
+
+    def __call__(self, items):
+        good = [item for item in items if UNREADABLE_KEY not in item]
+        skipped = [(item[UNREADABLE_KEY], item["caspl_reason"]) for item in items if UNREADABLE_KEY in item]
+        if not good and self.is_train:
+            start = max(item["index"] for item in items)
+            size = len(self.dataset)
+            for step in range(1, size + 1):
+                item = self.dataset[(start + step) % size]
+                if UNREADABLE_KEY not in item:
+                    good = [item]
+                    break
+            else:
+                raise UnreadableImageError(f"none of the {size} images of this Dassl data source is readable")
+        batch = self.collate(good) if good else {_EMPTY_KEY: True}
+        batch[SKIPPED_KEY] = skipped
+        return batch
+
+
+def _skipping_loader_class():
+    import torch.utils.data
+
+    class SkippingDataLoader(torch.utils.data.DataLoader):
+        """Dassl's loader with unreadable images dropped from its batches and reported once per pass."""
+
+        def __iter__(self):
+            skipped: dict[str, str] = {}
+            try:
+                for batch in super().__iter__():
+                    skipped.update(batch.pop(SKIPPED_KEY, ()))
+                    if batch.pop(_EMPTY_KEY, False):
+                        continue
+                    yield batch
+            finally:
+                if skipped:
+                    self.caspl_skipped.update(skipped)
+                    shown = "; ".join(f"{path} ({reason})" for path, reason in sorted(skipped.items())[:5])
+                    more = f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""
+                    dassl_log().warning("Skipped %d unreadable image(s) in this pass over the %s data: %s%s",
+                                        len(skipped), self.caspl_split, shown, more)
+
+    return SkippingDataLoader
+
+
+def _skipping(loader, is_train: bool):
+    """``loader`` rebuilt with the same dataset, sampling and workers, dropping unreadable images."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import default_collate
+
+    if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "data_source"):
+        return loader
+    dataset = loader.dataset
+    dataset._caspl_skip_unreadable = True
+    sampling = ({"batch_size": loader.batch_size, "sampler": loader.sampler, "drop_last": loader.drop_last}
+                if loader.batch_size is not None else {"batch_sampler": loader.batch_sampler})
+    extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers} \
+        if loader.num_workers > 0 else {}
+    collate = loader.collate_fn if loader.collate_fn is not default_collate else default_collate
+    rebuilt = _skipping_loader_class()(
+        dataset, num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+        collate_fn=_DropUnreadable(dataset, is_train, collate), **sampling, **extra,
+    )
+    rebuilt.caspl_skipped = {}
+    rebuilt.caspl_split = "training" if is_train else "evaluation"
+    return rebuilt
+
+
+def _patch_read_image(data_manager, tools) -> None:
+    original = tools.read_image
+    holders = [tools] + [
+        module for module in list(sys.modules.values())
+        if module is not tools and isinstance(module, types.ModuleType) and vars(module).get("read_image") is original
+    ]
+    for module in holders:
+        _replace("read_image", module, "read_image", read_image)
+    wrapper = data_manager.DatasetWrapper
+    _replace("read_image", wrapper, "__getitem__", _wrapper_getitem(wrapper.__getitem__))
+    build = data_manager.build_data_loader
+
+    def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0, n_ins=2,
+                          tfm=None, is_train=True, dataset_wrapper=None):
+        loader = build(cfg, sampler_type=sampler_type, data_source=data_source, batch_size=batch_size, n_domain=n_domain,
+                       n_ins=n_ins, tfm=tfm, is_train=is_train, dataset_wrapper=dataset_wrapper)
+        return _skipping(loader, is_train)
+
+    build_data_loader.__doc__ = build.__doc__
+    for module in [data_manager] + [
+        m for m in list(sys.modules.values())
+        if m is not data_manager and isinstance(m, types.ModuleType) and vars(m).get("build_data_loader") is build
+    ]:
+        _replace("read_image", module, "build_data_loader", build_data_loader)
+
+
 # -- switch -------------------------------------------------------------------------------------------
 
 
@@ -261,9 +448,10 @@ def apply(enable: bool = True, restricted_reader: Optional[Callable[[str], Any]]
     if restricted_reader is not None:
         _restricted_reader = restricted_reader
     try:
+        from dassl.data import data_manager
         from dassl.engine import trainer as trainer_module
         from dassl.optim import lr_scheduler
-        from dassl.utils import torchtools
+        from dassl.utils import tools, torchtools
     except ImportError as error:
         raise ImportError(f"The Dassl compatibility layer needs Dassl.pytorch installed ({error})") from error
 
@@ -274,6 +462,7 @@ def apply(enable: bool = True, restricted_reader: Optional[Callable[[str], Any]]
         "numpy_int": _patch_numpy_int,
         "load_model": lambda: _patch_load_model(trainer_module),
         "logging": _patch_logging,
+        "read_image": lambda: _patch_read_image(data_manager, tools),
     }
     new = []
     for name, patch in patches.items():
