@@ -88,6 +88,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "tensorboard", "onnx>=1.15", "onnxscript", "onnxruntime>=1.17", "matplotlib"],
+        # the import rules of .importlinter (lint-imports), checked by CI
+        "lint": ["import-linter>=2.0"],
         # charts: the demo's and caspl report's PNGs (without it the tables are written, the charts skipped)
         "plots": ["matplotlib"],
         # caspl export / caspl classify on .onnx

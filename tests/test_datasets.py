@@ -218,7 +218,7 @@ def dassl_cfg(tmp_path):
     pytest.importorskip("dassl")
     from dassl.config import get_cfg_default
 
-    from caspl_plugin.data.dassl_datasets import extend_dataset_cfg, register_datasets
+    from caspl_plugin.plugin.dassl_datasets import extend_dataset_cfg, register_datasets
 
     register_datasets()
     cfg = get_cfg_default()
@@ -329,7 +329,7 @@ def test_register_datasets_only_free_names(dassl_cfg):
     from dassl.data.datasets import DATASET_REGISTRY
     from dassl.utils import Registry
 
-    from caspl_plugin.data.dassl_datasets import dataset_classes, register_datasets
+    from caspl_plugin.plugin.dassl_datasets import dataset_classes, register_datasets
 
     assert register_datasets() == []  # the fixture registered them already
     assert DATASET_REGISTRY.get("EuroSAT") is dataset_classes()["EuroSAT"]

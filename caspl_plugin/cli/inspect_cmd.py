@@ -54,7 +54,7 @@ def format_report(path: str, tensors: dict[str, Any], metadata: dict, hash_ok: b
 def inspect_artifact(file: str, as_json: bool) -> int:
     """Print one artifact's report (or its metadata as JSON); CommandError on any inconsistency."""
     from caspl_plugin.artifacts.store import hash_status, load_artifact
-    from caspl_plugin.artifacts.validate import validate_artifact
+    from caspl_plugin.validation import validate_artifact
 
     tensors, metadata = load_artifact(file, verify=False)
     status = hash_status(tensors, metadata)

@@ -1,7 +1,7 @@
 """Dataset readers for the CoOp benchmark layouts and custom image folders.
 
-The pure parts (:mod:`.catalog`, :mod:`.splits`, :mod:`.layouts`) need no Dassl; the Dassl
-``DatasetBase`` readers live in :mod:`.dassl_datasets`, which imports Dassl when used.
+None of it needs Dassl; the Dassl ``DatasetBase`` readers built on it are
+:mod:`caspl_plugin.plugin.dassl_datasets`.
 """
 from .catalog import (
     DATASETS,

@@ -14,7 +14,7 @@ def caspl_methods():
 
 @hookimpl
 def caspl_dassl_datasets():
-    from ..data.dassl_datasets import dataset_classes
+    from .dassl_datasets import dataset_classes
 
     return list(dataset_classes().values())
 

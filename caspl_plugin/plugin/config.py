@@ -67,7 +67,7 @@ def plugin_defaults() -> dict[str, CN]:
 
 def extend_cfg(cfg: CN) -> CN:
     """Add every missing plugin key to ``cfg`` (idempotent; existing keys and nodes are kept)."""
-    from ..data.dassl_datasets import extend_dataset_cfg
+    from .dassl_datasets import extend_dataset_cfg
 
     extend_dataset_cfg(cfg)
     backbone = cfg.MODEL.BACKBONE

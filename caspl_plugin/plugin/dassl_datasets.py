@@ -18,9 +18,9 @@ import logging
 import os
 from typing import Sequence
 
-from .catalog import DATASETS
-from .layouts import Splits, apply_protocol, load_benchmark, read_labeled_folder, read_unlabeled_folder
-from .splits import Record
+from ..data.catalog import DATASETS
+from ..data.layouts import Splits, apply_protocol, load_benchmark, read_labeled_folder, read_unlabeled_folder
+from ..data.splits import Record
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def dataset_classes() -> dict[str, type]:
         from dassl.data.datasets import DatasetBase, Datum
     except ImportError as error:
         raise ImportError(f"The Dassl dataset readers need Dassl.pytorch installed ({error})") from error
-    from .unlabeled import read_class_names
+    from ..data.unlabeled import read_class_names
 
     def to_datums(records: Sequence[Record], source: str) -> list:
         datums = []

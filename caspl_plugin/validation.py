@@ -1,4 +1,6 @@
-"""Per-kind validation of an artifact that has already been read: what ``caspl inspect`` checks.
+"""Per-kind validation of an artifact that has already been read: what ``caspl inspect`` checks. It
+sits above the kinds it knows (artifacts, the classifier's loader, the toy CLIPs), so none of them
+imports it.
 
 :func:`validate_artifact` runs, for the artifact's ``format``, the same checks its loader runs
 (boosting prompts: tensors against the metadata and the class-name hash; classifiers: method,
@@ -12,20 +14,21 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .store import ArtifactError
+from .artifacts.store import ArtifactError
 
 __all__ = ["validate_artifact"]
 
 
 def _boosting(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> list[str]:
-    from .boosting import BoostingArtifact
+    from .artifacts.boosting import BoostingArtifact
 
     BoostingArtifact(dict(tensors), dict(metadata), path=path).validate()
     return []
 
 
 def _classifier(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> list[str]:
-    from caspl_plugin.inference import check_classifier, verified_recorded_weights
+    from .clip.recorded import verified_recorded_weights
+    from .inference import check_classifier
 
     check_classifier(path, tensors, metadata)
     try:
@@ -54,7 +57,7 @@ def _distill_checkpoint(path: str, tensors: Mapping[str, torch.Tensor], metadata
 
 
 def _toy_clip(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> list[str]:
-    from caspl_plugin.toy.weights import TOY_MODELS, read_manifest
+    from .toy.weights import TOY_MODELS, read_manifest
 
     name = metadata.get("model")
     if name not in TOY_MODELS:
