@@ -5,6 +5,9 @@
 and integrity checks: :class:`CacheError`), :mod:`~caspl_plugin.cache.precompute` fills a cache
 (resumable, incremental, torchrun) and :mod:`~caspl_plugin.cache.dataset` feeds a training run
 (online or cached).
+
+Imports boosting (the teacher), clip, data, engine and artifacts; nothing imports it but the CLI and
+the BoostDistill trainer.
 """
 from .dataset import TeacherViewDataset
 from .precompute import PrecomputeReport, build_teacher_cache, cache_identity

@@ -1,6 +1,9 @@
 """The ``caspl`` command. Each subcommand is a module of this package with ``add_arguments(parser)``
 and ``run(args) -> int``; :data:`COMMANDS` maps command names to module names (imported lazily, so
-``caspl --help`` stays fast and a broken optional command never breaks the others)."""
+``caspl --help`` stays fast and a broken optional command never breaks the others).
+
+The top layer: it may import every package; nothing imports it.
+"""
 from __future__ import annotations
 
 import argparse

@@ -2,6 +2,8 @@
 
 None of it needs Dassl; the Dassl ``DatasetBase`` readers built on it are
 :mod:`caspl_plugin.plugin.dassl_datasets`.
+
+Imports artifacts, files and names only.
 """
 from .catalog import (
     DATASETS,

@@ -10,6 +10,8 @@ trainers' steps, in one process or under ``torchrun``.
 
 An *objective* is any module with ``loss(images, labels, **extras) -> (loss, metrics)``: a method
 model (phase 2) or a :class:`~caspl_plugin.boosting.BoostingDistiller` (phase 1).
+
+Imports artifacts (checkpoints) and distributed only; it knows objectives, not methods.
 """
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import EvalResult, evaluate

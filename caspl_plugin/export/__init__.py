@@ -8,6 +8,9 @@ included) followed by one product with the normalised class features times the l
     OnnxClassifier("pets.onnx").predict(["cat.jpg"], topk=3)       # onnxruntime + PIL + numpy only
 
 Attributes are imported lazily: the runtime side never imports torch.
+
+Imports inference (the classifier it exports), data, files and names; its runtime modules never
+import torch (.importlinter).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Phase 2: the prompt-learning methods on open_clip (CoOp, CoCoOp, IVLP, MaPLe, PromptSRC, zero-shot),
 their registry and presets, the CasPL cascade (frozen boosting prompts beside a method's own) and the
 library's phase-2 front door (:class:`AdaptSettings` + :func:`run_adaptation`). Imports prompts,
-engine, artifacts and clip; nothing here knows the CLI, Dassl or the boosting phase's training."""
+engine, data (templates), artifacts and distributed; nothing here knows the CLI, Dassl or the
+boosting phase's training."""
 from .adapt import AdaptReport, AdaptSettings, run_adaptation
 from .base import PromptModel, ZeroShotCLIP
 from .cascade import boosting_group_from_artifact, cascade, load_boosting_group

@@ -1,5 +1,9 @@
 """The plugin layer: pluggy hooks, the plugin manager and the Dassl integration (Dassl is imported
-only by :func:`enable` and the trainers)."""
+only by :func:`enable` and the trainers).
+
+Imports methods, prompts, clip, data and artifacts; the only layer (with the trainers) that knows
+Dassl (.importlinter).
+"""
 from .hookspecs import hookimpl, hookspec
 from .manager import enable, extend_cfg, is_enabled
 from .plugins import ENTRY_POINT_GROUP, get_plugin_manager

@@ -2,7 +2,10 @@
 
 Every method, the boosting phase and the cascade describe their prompts as :class:`PromptGroup`s
 (or :class:`PromptTokens` computed from parameters) and hand them to :class:`PromptedCLIP`; nothing
-else slices token sequences.
+else slices token sequences. :mod:`.text` runs the text tower at the cost the prompts need
+(positions up to the longest EOT, the rows' common prefix once), :mod:`.blocks` the residual blocks.
+
+Imports nothing of the package (torch and open_clip only): every other layer builds on it.
 """
 from .encoders import PromptedCLIP
 from .group import PromptGroup, PromptSpec, PromptTokens, collect_tokens

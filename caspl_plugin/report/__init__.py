@@ -10,6 +10,8 @@ Three steps, one module each:
 with :mod:`~caspl_plugin.report.table` (a :class:`Table` and its text, Markdown and CSV forms) and
 :mod:`~caspl_plugin.report.charts`, the charts of the tables (the demos' charts too): one style,
 matplotlib imported there only.
+
+Imports data and files only.
 """
 from .aggregate import (
     FLAG_KINDS,

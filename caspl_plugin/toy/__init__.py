@@ -1,4 +1,7 @@
-"""ToyShapes: a tiny synthetic domain (36 coloured shapes, checkerboard base/novel split) for demos and tests."""
+"""ToyShapes: a tiny synthetic domain (36 coloured shapes, checkerboard base/novel split) for demos and tests.
+
+Imports artifacts (its weights are verified artifacts) only.
+"""
 from .domain import (
     CAPTION_TEMPLATES,
     CLASSES,
