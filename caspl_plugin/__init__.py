@@ -27,7 +27,7 @@ Layers, top to bottom: each imports only the ones below it (function-level impor
 The repository's ``trainers/`` (installed as ``caspl_plugin.trainers``) are thin Dassl adapters over
 the engine and the methods.
 """
-from .version import __version__
+from .version import __version__  # noqa: F401  (caspl_plugin.__version__)
 
 
 def enable(compat=None):

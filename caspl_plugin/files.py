@@ -1,5 +1,6 @@
 """Atomic file writes: every file the package writes goes through :func:`atomic_write`; and
-:func:`canonical_json`, the form in which JSON documents are hashed (artifacts, caches, ONNX metadata).
+:func:`canonical_json`, the form in which JSON documents are hashed (artifacts, caches, ONNX metadata);
+:func:`file_sha256`, the one digest of a file (weights, cache shards, images, exported classifiers).
 
 A write goes to ``.<name>.<random hex>.tmp`` in the destination's folder, then ``os.replace``;
 a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds
@@ -7,6 +8,7 @@ a process killed mid-write can leave such a file behind, which :func:`stale_temp
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -72,3 +74,21 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str], *, mode
             error.filename = str(path)
         raise
     return path
+
+
+_DIGEST_CHUNK = 8 * 2**20
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """sha256 of a file, read in chunks; cached per (real path, size, mtime) for this process."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_cache:
+        digest = hashlib.sha256()
+        with open(real, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_DIGEST_CHUNK), b""):
+                digest.update(chunk)
+        _digest_cache[key] = digest.hexdigest()
+    return _digest_cache[key]

@@ -57,12 +57,12 @@ def _distill_checkpoint(path: str, tensors: Mapping[str, torch.Tensor], metadata
 
 
 def _toy_clip(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> list[str]:
-    from .toy.weights import TOY_MODELS, read_manifest
+    from .toy.weights import TOY_MODELS, read_weights_manifest
 
     name = metadata.get("model")
     if name not in TOY_MODELS:
         return [f"model {name!r} is not a toy model ({', '.join(TOY_MODELS)})"]
-    pinned = read_manifest().get("models", {}).get(name, {}).get("content_sha256")
+    pinned = read_weights_manifest().get("models", {}).get(name, {}).get("content_sha256")
     if metadata.get("content_sha256") != pinned:
         return [f"content hash differs from the one the package pins for {name!r} ({pinned})"]
     return []

@@ -16,7 +16,7 @@ from caspl_plugin.methods.base import ZeroShotCLIP
 from caspl_plugin.prompts import PromptedCLIP
 from caspl_plugin.toy import base_labels, captions, class_names, generate, novel_labels
 from caspl_plugin.toy.weights import (
-    MANIFEST_FILE, TOY_MODELS, ToyWeightsError, load_toy_weights, read_manifest, toy_metadata, weights_path,
+    MANIFEST_FILE, TOY_MODELS, ToyWeightsError, load_toy_weights, read_weights_manifest, toy_metadata, weights_path,
 )
 
 TEMPLATE = "a photo of a {}."
@@ -92,7 +92,7 @@ def test_weights_are_deterministic_and_small():
 
 @pytest.mark.parametrize("name", TOY_MODELS)
 def test_manifest_pins_each_file_and_metadata_records_the_recipe(name):
-    manifest = read_manifest()
+    manifest = read_weights_manifest()
     tensors, metadata = load_artifact(weights_path(name))
     assert manifest["models"][name]["content_sha256"] == content_hash(tensors, metadata) == metadata["content_sha256"]
     assert "pretrain_toy_clips.py" in manifest["regenerate"] and metadata["regenerate"] == manifest["regenerate"]

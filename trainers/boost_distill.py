@@ -25,6 +25,7 @@ from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from caspl_plugin.boosting import BoostingConfig, DistillSettings, build_distiller, export_artifact
+from caspl_plugin.data.domains import SAMPLING
 from caspl_plugin.engine import autocast, training_step
 from caspl_plugin.plugin.config import BOOSTING_FILE
 
@@ -42,8 +43,8 @@ class BoostDistill(TrainerX):
         text_chunk_of(cfg)
         if node.TEACHER_SCALE not in ("own", "student"):
             raise ValueError(f"TRAINER.BOOSTDISTILL.TEACHER_SCALE must be 'own' or 'student', got {node.TEACHER_SCALE!r}")
-        if node.DOMAIN_SAMPLING not in ("size", "even"):
-            raise ValueError(f"TRAINER.BOOSTDISTILL.DOMAIN_SAMPLING must be 'size' or 'even', got {node.DOMAIN_SAMPLING!r}")
+        if node.DOMAIN_SAMPLING not in SAMPLING:
+            raise ValueError(f"TRAINER.BOOSTDISTILL.DOMAIN_SAMPLING must be one of {', '.join(SAMPLING)}, got {node.DOMAIN_SAMPLING!r}")
         if node.DOMAINS and node.TEMPLATE:
             raise ValueError("TRAINER.BOOSTDISTILL.TEMPLATE serves one dataset; with DOMAINS every domain has its own "
                              "template (a dataset's CoOp template, or 'template' in a domain manifest)")

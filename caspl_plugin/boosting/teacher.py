@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..clip.names import resolve_model_name
-from ..clip.weights import PathLike, WeightsSource, file_sha256, read_weights, resolve_weights
+from ..clip.weights import PathLike, WeightsSource, read_weights, resolve_weights, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,14 @@ def state_digest(state: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def weights_digest(source: Optional[WeightsSource], model: Optional[nn.Module] = None) -> str:
-    """A digest of a teacher's weights: the weight file's sha256, or the state dict's.
-
-    Random weights are digested from ``model``'s state dict and marked ``random:``; such a teacher
-    cannot be re-created later, so a cache of it can only be used in the same process.
+def teacher_weights_identity(source: Optional[WeightsSource], model: Optional[nn.Module] = None) -> str:
+    """What names a teacher's weights in a cache: ``sha256:`` + the weights file's digest
+    (:func:`~caspl_plugin.clip.weights.weights_digest`), ``state:`` + a package model's state
+    digest, or, for random weights, ``random:`` + ``model``'s state digest (such a teacher cannot be
+    re-created later, so a cache of it can only be used in the same process).
     """
     if source is not None and source.path:
-        return "sha256:" + file_sha256(source.path)
+        return "sha256:" + weights_digest(source)
     if source is not None and source.kind == "package":
         state, _ = read_weights(source)
         return "state:" + state_digest(state)
@@ -66,7 +66,7 @@ def teacher_identity(backbone) -> dict:
         "name": backbone.name,
         "arch": backbone.arch,
         "weights": str(backbone.weights) if backbone.weights is not None else None,
-        "weights_digest": weights_digest(backbone.weights, backbone.model),
+        "weights_digest": teacher_weights_identity(backbone.weights, backbone.model),
         "image_size": image_size_of(backbone.model),
         "mean": [float(v) for v in backbone.mean],
         "std": [float(v) for v in backbone.std],
@@ -147,6 +147,6 @@ def load_text_tower(
         model.to(device)
     from ..clip.factory import _tokenizer
 
-    source_digest = weights_digest(source)
+    source_digest = teacher_weights_identity(source)
     logger.info("Built the text tower of teacher %s (%s) from %s", name, arch, source)
     return TextTower(name, arch, model, _tokenizer(arch), source, source_digest)

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from .. import distributed
 from ..artifacts.store import ArtifactError
+from ..data.domains import SAMPLING
 from ..engine import PRECISIONS, LoopConfig, LoopReport, epoch_lr, make_optimizer, train_epochs
 from ..engine import checkpoint as engine_checkpoint
 from .model import BoostingDistiller
@@ -56,8 +57,8 @@ class DistillSettings:
         if not 0 < low <= high <= 1:
             raise ValueError(f"crop_scale expects 0 < min <= max <= 1, got {tuple(self.crop_scale)!r}")
         self.crop_scale = (low, high)
-        if self.domain_sampling not in (None, "size", "even"):
-            raise ValueError(f"domain_sampling must be 'size', 'even' or None, got {self.domain_sampling!r}")
+        if self.domain_sampling is not None and self.domain_sampling not in SAMPLING:
+            raise ValueError(f"domain_sampling must be one of {', '.join(SAMPLING)} or None, got {self.domain_sampling!r}")
 
 
 #: What a run did (the engine's report): mean loss per epoch, steps, time, every image it had to skip.

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..artifacts.store import content_hash
-from ..clip.weights import file_sha256
+from ..files import file_sha256
 from ..engine import autocast
 from ..files import stale_temporaries, stale_temporaries_in
 from .store import (

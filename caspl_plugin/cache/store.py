@@ -21,7 +21,7 @@ Integrity (format 3): :meth:`TeacherViewCache.open` refuses a cache unless
 - every shard is a plain file name (no separator, no ``..``), resolves inside the cache folder (a
   symbolic link that leaves it is refused), has the recorded size and sha256 (the digest is
   computed once per (path, size, mtime) in a process, as weight digests are:
-  :func:`caspl_plugin.clip.weights.file_sha256`), and its tensors have the shapes and dtypes of the
+  :func:`caspl_plugin.files.file_sha256`), and its tensors have the shapes and dtypes of the
   index (rows, views, feature width).
 
 A shard that changes after it was verified is refused when it is opened for reading. Every problem is
@@ -46,7 +46,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from torch import Tensor
 
-from ..clip.weights import file_sha256
+from ..files import file_sha256
 from ..files import atomic_write
 
 logger = logging.getLogger(__name__)

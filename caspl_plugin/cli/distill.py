@@ -33,6 +33,8 @@ PRECISION_HELP = ("fp32 (default); amp = autocast (fp16 on CUDA, bf16 on CPU); b
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from caspl_plugin.data.domains import SAMPLING
+
     data = parser.add_argument_group("data")
     data.add_argument("--images", help="folder of unlabeled images of the domain (searched recursively)")
     data.add_argument("--class-names", help="text file, one class name per line (all classes of the domain)")
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--domain", nargs="+", action="append", metavar="IMAGES CLASSNAMES TEMPLATE [NAME]",
                       help="multi-domain (universal) phase 1: one domain, repeat for each; NAME defaults to the image folder's name")
     data.add_argument("--domains", metavar="MANIFEST", help="multi-domain phase 1 from a JSON/YAML manifest (see caspl_plugin.data.domains)")
-    data.add_argument("--domain-sampling", choices=("size", "even"), default="size",
+    data.add_argument("--domain-sampling", choices=SAMPLING, default="size",
                       help="multi-domain: domains in proportion to their image counts (size) or equally often (even)")
     models = parser.add_argument_group("models")
     models.add_argument("--student", default="ViT-B/16", help="student CLIP (Dassl or open_clip name; default ViT-B/16)")

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import importlib
 import difflib
-import hashlib
 import logging
 import os
 import socket
@@ -44,6 +43,7 @@ import open_clip
 import torch
 from torch import nn
 
+from ..files import file_sha256  # noqa: F401  (re-exported: the one file digest)
 from .names import PACKAGE_MODELS, resolve_model_name, weight_file_stems
 
 logger = logging.getLogger(__name__)
@@ -396,24 +396,6 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
 
 
 # --- digests: what a saved classifier records about its weights ------------------------------------
-
-_DIGEST_CHUNK = 8 * 2**20
-_digest_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: PathLike) -> str:
-    """sha256 of a file, read in chunks; cached per (real path, size, mtime) for this process."""
-    real = os.path.realpath(path)
-    stat = os.stat(real)
-    key = (real, stat.st_size, stat.st_mtime_ns)
-    if key not in _digest_cache:
-        digest = hashlib.sha256()
-        with open(real, "rb") as handle:
-            for chunk in iter(lambda: handle.read(_DIGEST_CHUNK), b""):
-                digest.update(chunk)
-        _digest_cache[key] = digest.hexdigest()
-    return _digest_cache[key]
-
 
 def package_weights_file(name: str) -> Optional[Path]:
     """The file a package model's default weights are read from, when the package ships one."""

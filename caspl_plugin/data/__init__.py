@@ -13,9 +13,9 @@ from .catalog import (
     TEMPLATES,
     DatasetSpec,
     dataset_spec,
-    read_classnames,
     template_for,
 )
+from .classnames import read_class_names, read_folder_class_names
 from .layouts import Splits, load_benchmark, read_labeled_folder, read_unlabeled_folder
 from .splits import Record, generate_fewshot, read_split, subsample_classes
 
@@ -31,7 +31,7 @@ __all__ = [
     "dataset_spec",
     "generate_fewshot",
     "load_benchmark",
-    "read_classnames",
+    "read_class_names", "read_folder_class_names",
     "read_labeled_folder",
     "read_split",
     "read_unlabeled_folder",

@@ -12,7 +12,6 @@ defined (``split_source``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 SPLIT_SOURCES = ("split_json", "fgvc_txt", "imagenet_folders", "test_folders", "test_numbered_folders")
@@ -108,22 +107,6 @@ def template_for(dataset_name: str, default: Optional[str] = None) -> str:
         if default is not None:
             return default
         raise
-
-
-def read_classnames(path: str | Path) -> dict[str, str]:
-    """Read an ImageNet-style ``classnames.txt`` (``<folder> <class name>`` per line), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Class-name file not found: {path} (expected lines '<folder> <class name>')")
-    classnames: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        folder, _, classname = line.strip().partition(" ")
-        if not classname:
-            raise ValueError(f"{path}, line {number}: expected '<folder> <class name>', got {line!r}")
-        classnames[folder] = classname
-    return classnames
 
 
 #: CoOp's 80 ImageNet prompt templates (from CLIP's prompt-engineering notebook), in CoOp's order.

@@ -135,3 +135,23 @@ def read_class_names_file(path: Union[str, os.PathLike], *, min_classes: int = 1
 def read_class_names(path: Union[str, os.PathLike], *, min_classes: int = 1, purpose: str = "") -> list[str]:
     """The class names of a file, one per line (rules in the module docstring)."""
     return read_class_names_file(path, min_classes=min_classes, purpose=purpose).names
+
+
+def read_folder_class_names(path: Union[str, os.PathLike]) -> dict[str, str]:
+    """An ImageNet-style ``classnames.txt`` (``<folder> <class name>`` per line) as folder -> class
+    name, in file order; every name passes :func:`~caspl_plugin.names.class_name_problem`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Class-name file not found: {path} (expected lines '<folder> <class name>')")
+    classnames: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        folder, _, classname = line.strip().partition(" ")
+        if not classname:
+            raise ClassNamesError(f"{path}, line {number}: expected '<folder> <class name>', got {line!r}")
+        reason = class_name_problem(classname)
+        if reason:
+            raise ClassNamesError(f"{path}, line {number}: {reason}")
+        classnames[folder] = classname
+    return classnames

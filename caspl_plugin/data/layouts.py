@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .catalog import DatasetSpec, dataset_spec, read_classnames
+from .catalog import DatasetSpec, dataset_spec
+from .classnames import read_folder_class_names
 from .splits import (
     FEWSHOT_DIR,
     Record,
@@ -108,7 +109,7 @@ def read_imagenet(dataset_dir: str, image_dir: str) -> tuple[list[Record], list[
         scanned = read_split_file(cache, image_dir, ("train", "test"))
         return scanned["train"], scanned["test"]
     classnames_file = Path(dataset_dir) / "classnames.txt"
-    classnames = read_classnames(classnames_file)
+    classnames = read_folder_class_names(classnames_file)
     splits = {}
     for key, folder in (("train", "train"), ("test", "val")):
         split_dir = os.path.join(image_dir, folder)
@@ -124,7 +125,7 @@ def read_imagenet(dataset_dir: str, image_dir: str) -> tuple[list[Record], list[
 def read_imagenet_variant(spec: DatasetSpec, dataset_dir: str, image_dir: str) -> list[Record]:
     """A test-only ImageNet variant: class folders named by wnid (sorted), or ``0..N-1`` (V2)."""
     classnames_file = Path(dataset_dir) / "classnames.txt"
-    classnames = read_classnames(classnames_file)
+    classnames = read_folder_class_names(classnames_file)
     if spec.split_source == "test_numbered_folders":
         folders = [str(label) for label in range(len(classnames))]
         missing = [folder for folder in folders if not os.path.isdir(os.path.join(image_dir, folder))]

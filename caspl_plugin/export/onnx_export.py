@@ -9,7 +9,6 @@ and cannot export ``nn.MultiheadAttention``'s inference fast path.)
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write
+from ..files import atomic_write, file_sha256
 from . import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, QUANTIZATIONS, ExportError
 
 logger = logging.getLogger(__name__)
@@ -222,14 +221,6 @@ def export_model(
     logger.info("Wrote %s (%s, %d classes, %s)", path, deployed_model.method, len(deployed_model.class_names), quantize)
     return {"path": str(path), "metadata": _our_properties(proto),
             "max_abs_difference": difference, "top1_agreement": agreement}
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_classifier(

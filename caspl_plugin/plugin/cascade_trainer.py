@@ -31,6 +31,7 @@ from torch import nn
 
 from ..artifacts.boosting import ArtifactMismatchError, BoostingArtifact
 from ..artifacts.store import ArtifactError
+from ..methods.promptsrc import ANCHORS
 from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
 from .config import BOOSTING_FILE, CASCADE_BASE, CASCADE_PREFIX
 from .plugins import get_plugin_manager
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 #: Dassl model name of the artifact record (its checkpoint folder under OUTPUT_DIR)
 RECORD = "caspl_boosting"
 #: ``TRAINER.CASPL.ANCHOR``: the regularisers' anchor is the vanilla CLIP, or CLIP + boosting prompts
-ANCHORS = ("clip", "boosted")
 
 
 class BoostingRecord(nn.Module):

@@ -21,7 +21,7 @@ import logging
 from typing import Optional
 
 from .config import CASCADE_BASE, CASCADE_PREFIX
-from .plugins import ENTRY_POINT_GROUP, get_plugin_manager
+from .plugins import ENTRY_POINT_GROUP, get_plugin_manager  # noqa: F401  (ENTRY_POINT_GROUP re-exported)
 
 logger = logging.getLogger(__name__)
 

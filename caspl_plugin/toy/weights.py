@@ -28,7 +28,7 @@ from ..artifacts.store import ArtifactError, load_artifact
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "REGENERATE_COMMAND", "TOY_MODELS", "WEIGHTS_DIR",
     "ToyWeightsError", "load_toy_student", "load_toy_teacher", "load_toy_weights", "pack_state_dict",
-    "read_manifest", "toy_metadata", "unpack_state_dict", "weights_path",
+    "read_weights_manifest", "toy_metadata", "unpack_state_dict", "weights_path",
 ]
 
 TOY_MODELS = ("toy-student", "toy-teacher")
@@ -56,7 +56,7 @@ def weights_path(name: str, weights_dir: Union[str, os.PathLike, None] = None) -
     return Path(weights_dir if weights_dir is not None else WEIGHTS_DIR) / f"{name}.safetensors"
 
 
-def read_manifest(weights_dir: Union[str, os.PathLike, None] = None) -> dict:
+def read_weights_manifest(weights_dir: Union[str, os.PathLike, None] = None) -> dict:
     """The manifest (pinned content hashes and regeneration command) of a weights folder."""
     path = Path(weights_dir if weights_dir is not None else WEIGHTS_DIR) / MANIFEST_FILE
     if not path.is_file():
@@ -119,7 +119,7 @@ def _read_verified(name: str, path: Path) -> tuple[dict[str, torch.Tensor], dict
     _check_name(name)
     if not path.is_file():
         raise ToyWeightsError(f"toy weights for {name!r} not found at {path}; regenerate them with: {REGENERATE_COMMAND}")
-    pinned = read_manifest().get("models", {}).get(name, {}).get("content_sha256")
+    pinned = read_weights_manifest().get("models", {}).get(name, {}).get("content_sha256")
     tensors, metadata = load_artifact(path, expected_format=FORMAT, supported_versions=(FORMAT_VERSION,))
     if metadata.get("model") != name:
         raise ToyWeightsError(f"{path} holds weights of {metadata.get('model')!r}, expected {name!r}")
