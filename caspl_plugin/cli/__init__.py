@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .common import CommandError  # noqa: F401  (caspl_plugin.cli.CommandError)
+
 #: command name -> (module under caspl_plugin.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "CasPL end to end on the embedded toy domain with tiny pre-trained CLIPs (about a minute)"),
@@ -31,10 +33,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: commands that compute on the CPU or GPU: they take ``--threads``
 COMPUTING = ("demo", "distill", "adapt", "teacher-cache", "classify", "export")
-
-
-class CommandError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
 
 
 #: Exit code when stdout is closed early (``caspl inspect --json | head``): 128 + SIGPIPE.

@@ -22,8 +22,7 @@ import logging
 import random
 from pathlib import Path
 
-from . import CommandError
-from .distill import BATCH_HELP, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say
+from .common import BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say
 from .runguard import guarded_run
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caspl_plugin.cli import CommandError
+from caspl_plugin.cli.common import CommandError
 
 _ENABLE_LINE = "import caspl_plugin; caspl_plugin.enable()"
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from caspl_plugin.cli import CommandError
+    from caspl_plugin.cli.common import CommandError
     from caspl_plugin.cli.runguard import preflight_output
     from caspl_plugin.export import ExportError
     from caspl_plugin.export.onnx_export import _require_export_packages

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from caspl_plugin.cli import CommandError
+from caspl_plugin.cli.common import CommandError
 
 _SHOWN_CLASS_NAMES = 5
 

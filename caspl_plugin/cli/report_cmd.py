@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import CommandError
+from .common import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ import socket
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from . import CommandError
+from .common import CommandError
 
 #: Exit code of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED_EXIT = 130

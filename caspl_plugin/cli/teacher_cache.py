@@ -28,7 +28,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from . import CommandError
+from .common import CommandError
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def run(args) -> int:
     from caspl_plugin.cache import AugmentationSettings, build_teacher_cache, describe_cache
     from caspl_plugin.clip import create_clip
 
-    from .distill import _device
+    from .common import device_of
 
     if args.views < 1:
         raise CommandError(f"--views must be >= 1, got {args.views}")
@@ -122,7 +122,7 @@ def run(args) -> int:
     if other.is_file():
         raise CommandError(f"--output {output} holds a {'single-folder' if multi else 'multi-domain'} teacher-view cache "
                            f"({other.name}); use another folder for a {'multi-domain' if multi else 'single-folder'} one")
-    device = distributed.setup(_device(args.device))
+    device = distributed.setup(device_of(args.device))
     try:
         teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
         from caspl_plugin.cli.runguard import output_lock  # one run per output at a time
