@@ -212,9 +212,10 @@ def test_lock_names_the_other_process_and_dies_with_it(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+    assert Path(f"{out}.lock").exists()  # a killed holder leaves the file, not the lock
     with runguard.output_lock(out):  # the operating system released the killed holder's lock
         assert f"pid {os.getpid()}" in runguard._owner_text(Path(f"{out}.lock.json"))
-    assert not Path(f"{out}.lock.json").exists()
+    assert not Path(f"{out}.lock.json").exists() and not Path(f"{out}.lock").exists()  # a finished run leaves nothing
 
 
 def test_remove_stale_temps_removes_only_the_outputs_own(tmp_path):

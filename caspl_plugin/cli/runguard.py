@@ -164,7 +164,9 @@ def output_lock(path: PathLike, *, command: Optional[str] = None) -> Iterator[Pa
 
     A second holder refuses at once with a :class:`CommandError` naming the running one (its pid,
     host and start time, kept in ``<path>.lock.json`` while the lock is held). The lock is the
-    operating system's (``filelock``), so a killed run never leaves it held.
+    operating system's (``filelock``), so a killed run never leaves it held; a finished run removes
+    the lock file (while still holding it, and a holder checks that the file it locked is still the
+    one at the path, so two runs never both hold it).
     """
     from filelock import FileLock, Timeout
 
@@ -172,13 +174,7 @@ def output_lock(path: PathLike, *, command: Optional[str] = None) -> Iterator[Pa
 
     path = Path(path)
     lock_file, owner_file = _lock_paths(path)
-    lock = FileLock(str(lock_file), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise CommandError(
-            f"{path} is being written by another run ({_owner_text(owner_file)}); "
-            "wait for it to finish or choose another output") from None
+    lock = _acquire(FileLock, Timeout, lock_file, path, owner_file)
     try:
         remove_stale_temps(owner_file)
         owner = {
@@ -192,7 +188,31 @@ def output_lock(path: PathLike, *, command: Optional[str] = None) -> Iterator[Pa
     finally:
         with contextlib.suppress(OSError):
             owner_file.unlink()
+        with contextlib.suppress(OSError):
+            lock_file.unlink()  # still held: a run that opened the old file finds it gone and retries
         lock.release()
+
+
+def _acquire(FileLock, Timeout, lock_file: Path, path: Path, owner_file: Path):
+    """The lock on ``lock_file``, held on the file that is at the path (a run that finished between
+    our open and our lock removed the file we locked: lock the new one)."""
+    for _ in range(3):
+        lock = FileLock(str(lock_file), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise CommandError(
+                f"{path} is being written by another run ({_owner_text(owner_file)}); "
+                "wait for it to finish or choose another output") from None
+        descriptor = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        try:
+            same = descriptor is None or os.fstat(descriptor).st_ino == os.stat(lock_file).st_ino
+        except OSError:
+            same = False
+        if same:
+            return lock
+        lock.release()
+    raise CommandError(f"{path}: its lock file {lock_file} keeps changing; another run is starting and finishing")
 
 
 def checkpoint_path(output: PathLike) -> Path:
