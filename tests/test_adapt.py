@@ -58,7 +58,8 @@ def test_adapt_base_to_novel_then_classify(toy_folder, tmp_path, capsys):
     evaluation = metadata["extra"]["evaluation"]
     assert set(evaluation) == {"base", "novel", "hm"} and 0 <= evaluation["hm"] <= 100
     assert metadata["extra"]["training"]["steps"] == 2 * (18 * 2 // 8)
-    assert (toy_folder / "split_fewshot" / "shot_2-seed_1.json").is_file()  # CoOp's few-shot cache
+    assert not (toy_folder / "split_fewshot").exists()  # the data folder is only read
+    assert (tmp_path / "coop.run" / "split_fewshot" / "shot_2-seed_1.json").is_file()  # the run keeps its split
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert {"train/loss", "train/acc", "train/lr"} <= set(events.Tags()["scalars"])

@@ -47,12 +47,16 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"caspl-plugin {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .options import HelpFormatter, add_config_argument
+
     for name, (module_name, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == command:
             module = importlib.import_module(f"{__name__}.{module_name}")
             module.add_arguments(command_parser)
-            command_parser.set_defaults(_module=module)
+            command_parser.set_defaults(_module=module, _parser=command_parser)
+            if getattr(module, "CONFIGURABLE", False):
+                add_config_argument(command_parser)
             if name in COMPUTING:
                 command_parser.add_argument(
                     "--threads", type=_threads, metavar="N",
@@ -110,7 +114,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     from .runguard import INTERRUPTED_EXIT, describe_os_error, interrupt_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_in(argv))
+    command = _command_in(argv)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -122,6 +127,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.print_help()
         return 2
     try:
+        from .options import apply_config, explicit_options
+
+        args._explicit = explicit_options(args._parser, argv[argv.index(command) + 1:])
+        if getattr(args, "config", None):
+            args._explicit |= apply_config(args._parser, args, args._explicit)
         if args.command in COMPUTING:
             from caspl_plugin.threads import configure_threads
 

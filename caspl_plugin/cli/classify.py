@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--model", required=True,
                         help="classifier artifact (.safetensors) saved after phase 2, or its ONNX export (.onnx)")
-    parser.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
+    parser.add_argument("--topk", type=int, default=5, help="classes to print per image")
     parser.add_argument("--json", action="store_true",
                         help='print a JSON list: {"image", "top": [{"class", "probability"}...]} or {"image", "error"} per image')
     parser.add_argument("--weights", help="override the student CLIP's weights (tag, file or 'random'; .safetensors only)")

@@ -6,6 +6,12 @@ import argparse
 import logging
 
 
+#: what :func:`say` prints is logged here too (a run's log file listens; no console handler)
+SAY_LOGGER = logging.getLogger("caspl_plugin.cli.say")
+SAY_LOGGER.propagate = False
+SAY_LOGGER.setLevel(logging.INFO)
+
+
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
@@ -64,6 +70,7 @@ def say(*lines: str) -> None:
     if distributed.is_main():
         for line in lines:
             print(line)
+            SAY_LOGGER.info("%s", line)
 
 
 def device_of(value: str):
@@ -89,5 +96,3 @@ def run_distributed(args, body) -> int:
         return body(args, device)
     finally:
         distributed.cleanup()
-
-

@@ -21,13 +21,24 @@ from pathlib import Path
 from .common import (
     BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say,
 )
+from .runrecord import run_record
 
 logger = logging.getLogger(__name__)
 
 DEMO_STUDENT, DEMO_TEACHER = "caspl-tiny-student", "caspl-tiny-teacher"
 
+#: reads --config files (caspl_plugin.cli.options)
+CONFIGURABLE = True
+#: --demo's smaller recipe, for the settings not given on the command line
+DEMO_SETTINGS = {"epochs": 2, "batch_size": 16}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options; every training default is the library's (DistillSettings, BoostingConfig)."""
+    from caspl_plugin.boosting import BoostingConfig, DistillSettings
     from caspl_plugin.data.domains import SAMPLING
+
+    recipe, geometry = DistillSettings(), BoostingConfig()
 
     data = parser.add_argument_group("data")
     data.add_argument("--images", help="folder of unlabeled images of the domain (searched recursively)")
@@ -37,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--domain", nargs="+", action="append", metavar="IMAGES CLASSNAMES TEMPLATE [NAME]",
                       help="multi-domain (universal) phase 1: one domain, repeat for each; NAME defaults to the image folder's name")
     data.add_argument("--domains", metavar="MANIFEST", help="multi-domain phase 1 from a JSON/YAML manifest (see caspl_plugin.data.domains)")
-    data.add_argument("--domain-sampling", choices=SAMPLING, default="size",
+    data.add_argument("--domain-sampling", choices=SAMPLING, default=SAMPLING[0],
                       help="multi-domain: domains in proportion to their image counts (size) or equally often (even)")
     models = parser.add_argument_group("models")
-    models.add_argument("--student", default="ViT-B/16", help="student CLIP (Dassl or open_clip name; default ViT-B/16)")
+    models.add_argument("--student", default="ViT-B/16", help="student CLIP (Dassl or open_clip name)")
     models.add_argument("--student-weights", help="'openai', another open_clip tag, a local file, or 'random'")
-    models.add_argument("--teacher", default="ViT-L/14", help="zero-shot teacher CLIP (default ViT-L/14)")
+    models.add_argument("--teacher", default="ViT-L/14", help="zero-shot teacher CLIP")
     models.add_argument("--teacher-weights", help="'openai', another open_clip tag, a local file, or 'random'")
     models.add_argument("--weights-dir", help="directory searched for weight files named after the models")
     models.add_argument("--teacher-cache", metavar="DIR",
@@ -51,21 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--template", default="a photo of a {}.",
                         help="teacher text template with {} for the class name, or a dataset name whose CoOp template to use (e.g. OxfordPets)")
     prompts = parser.add_argument_group("boosting prompts")
-    prompts.add_argument("--n-text", type=int, default=8)
-    prompts.add_argument("--n-vision", type=int, default=8)
-    prompts.add_argument("--depth-text", type=int, default=12, help="clamped to the student's depth")
-    prompts.add_argument("--depth-vision", type=int, default=12, help="clamped to the student's depth")
-    train = parser.add_argument_group("training (defaults: the authors' phase-1 recipe)")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=4, help=BATCH_HELP.format(half=2))
-    train.add_argument("--lr", type=float, default=0.0025)
-    train.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
-                       help="RandomResizedCrop area range (default 0.08 1.0, the authors'); with --teacher-cache, the cache's")
-    train.add_argument("--temperature", type=float, default=1.0)
-    train.add_argument("--teacher-scale", choices=("own", "student"), default="own",
-                       help="teacher logit scale: its own (default) or the student's")
-    train.add_argument("--seed", type=int, default=1)
-    train.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    prompts.add_argument("--n-text", type=int, default=geometry.n_text, help="text tokens")
+    prompts.add_argument("--n-vision", type=int, default=geometry.n_vision, help="vision tokens")
+    prompts.add_argument("--depth-text", type=int, default=geometry.depth_text, help="clamped to the student's depth")
+    prompts.add_argument("--depth-vision", type=int, default=geometry.depth_vision, help="clamped to the student's depth")
+    train = parser.add_argument_group("training (defaults: the authors' phase-1 recipe; --demo: epochs 2, batch size 16)")
+    train.add_argument("--epochs", type=int, default=recipe.epochs, help="epochs")
+    train.add_argument("--batch-size", type=int, default=recipe.batch_size, help=BATCH_HELP.format(half=2))
+    train.add_argument("--lr", type=float, default=recipe.lr, help="learning rate (SGD, cosine, one warm-up epoch)")
+    train.add_argument("--crop-scale", type=float, nargs=2, default=recipe.crop_scale, metavar=("MIN", "MAX"),
+                       help="RandomResizedCrop area range (the authors'); with --teacher-cache, the cache's")
+    train.add_argument("--temperature", type=float, default=recipe.temperature, help="KD temperature")
+    train.add_argument("--teacher-scale", choices=("own", "student"), default=recipe.teacher_scale,
+                       help="teacher logit scale: its own or the student's")
+    train.add_argument("--seed", type=int, default=recipe.seed, help="prompt initialisation and data order")
+    train.add_argument("--workers", type=int, default=recipe.num_workers, help="data-loading worker processes")
     train.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     add_loop_arguments(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -95,10 +106,9 @@ def _prepare_demo(args) -> None:
     args.student_weights = args.teacher_weights = None
     args.dataset = args.dataset or "toy-shapes"
     args.output = args.output or str(out / "boosting.safetensors")
-    if args.epochs == 20:
-        args.epochs = 2
-    if args.batch_size == 4:
-        args.batch_size = 16
+    for name, value in DEMO_SETTINGS.items():  # the demo's smaller recipe where no flag says otherwise
+        if name not in getattr(args, "_explicit", ()):
+            setattr(args, name, value)
 
 
 def _domains(args):
@@ -137,7 +147,8 @@ def _run(args, device) -> int:
         if args.demo:
             _prepare_demo(args)
             inputs = _validate_inputs(args)
-        return _distill(args, device, output, checkpoint, *inputs)
+        with run_record(output, "distill", args) as record:
+            return _distill(args, device, output, checkpoint, *inputs, record=record)
 
 
 def _validate_inputs(args):
@@ -200,7 +211,8 @@ def _probe(files, args):
     return probe.readable, {str(path): reason for path, reason in probe.unreadable}
 
 
-def _distill(args, device, output: Path, checkpoint: Path, files, class_names, template, settings, domains) -> int:
+def _distill(args, device, output: Path, checkpoint: Path, files, class_names, template, settings, domains,
+             record=None) -> int:
     import dataclasses
 
     import torch
@@ -275,15 +287,22 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
             dataset=args.dataset or ("+".join(d.name for d in domains) if domains else Path(args.images).name),
             settings=settings, report=report, domains=[d.metadata() for d in domains] if domains else None,
         )
+        record.write_metrics(report)
+        record.write_result(
+            dataset=artifact.metadata.get("dataset"), seed=settings.seed, student=args.student, teacher=args.teacher,
+            output=str(output), output_sha256=artifact.content_sha256, epochs=settings.epochs, steps=report.steps,
+            final_loss=report.epoch_losses[-1] if report.epoch_losses else None, seconds=report.seconds,
+            skipped_images=len(report.skipped), evaluation={},
+        )
         losses = ", ".join(f"{loss:.4f}" for loss in report.epoch_losses)
-        print(f"KD loss per epoch: {losses}")
-        print(f"wrote {output} ({artifact.content_sha256[:12]}) in {report.seconds:.1f} s, {report.steps} steps")
+        say(f"KD loss per epoch: {losses}")
+        say(f"wrote {output} ({artifact.content_sha256[:12]}) in {report.seconds:.1f} s, {report.steps} steps")
         if report.skipped:
-            print(f"skipped {len(report.skipped)} unreadable image(s):")
+            say(f"skipped {len(report.skipped)} unreadable image(s):")
             for path in report.skipped:
-                print(f"  {path}: {reasons.get(path, 'failed to read during training')}")
+                say(f"  {path}: {reasons.get(path, 'failed to read during training')}")
         if report.left_out_per_epoch:
-            print(f"each epoch left out {report.left_out_per_epoch} of {len(dataset)} readable image(s): "
+            say(f"each epoch left out {report.left_out_per_epoch} of {len(dataset)} readable image(s): "
                   f"its incomplete last batch (global batch {settings.batch_size * distributed.world_size()}, "
                   "other images each epoch)")
     distributed.barrier()

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="classifier artifact (.safetensors) saved after phase 2")
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
-                        help="int8: onnxruntime dynamic quantisation of the weights (default none: fp32)")
+                        help="int8: onnxruntime dynamic quantisation of the weights; none: fp32")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--weights", help="override the student CLIP's weights (tag, file or 'random')")
     parser.add_argument("--weights-dir", help="directory searched for CLIP weight files")

@@ -1,4 +1,5 @@
-"""``caspl report OUTPUT_DIR``: tables of finished Dassl runs (base-to-novel, few-shot, cross-dataset).
+"""``caspl report OUTPUT_DIR``: tables of finished runs: the run folders of ``caspl distill`` /
+``caspl adapt`` (``NAME.run/``) and Dassl runs (base-to-novel, few-shot, cross-dataset).
 
 Prints the tables, lists suspicious runs, and writes every table as CSV and Markdown into ``--out``,
 with a PNG chart of every results table when matplotlib is installed (base / novel / HM bars per
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for the CSV / Markdown / PNG files (default OUTPUT_DIR/report)")
     parser.add_argument("--zeroshot", metavar="FILE.csv",
                         help="zero-shot accuracies: columns dataset,accuracy[,split][,backbone]; split base|new|all")
-    parser.add_argument("--expect-seeds", type=int, default=3, help="flag cells with fewer seeds (default 3)")
+    parser.add_argument("--expect-seeds", type=int, default=3, help="flag cells with fewer seeds")
     parser.add_argument("--baseline", action="append", default=[], metavar="TRAINER",
                         help="also compare every base-to-novel trainer against this one (repeatable); "
                              "CasPL_X is always compared with X")
@@ -35,15 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caspl_plugin.report import LAYOUTS, build_report, discover_runs, read_zeroshot_csv, save_charts, write_tables
+    from caspl_plugin.report.records import discover_run_records
 
     if args.expect_seeds < 1:
         raise CommandError(f"--expect-seeds must be >= 1, got {args.expect_seeds}")
     root = Path(args.output_dir)
     zeroshot = read_zeroshot_csv(args.zeroshot) if args.zeroshot else None
     runs = discover_runs(root)
-    if not runs:
-        raise CommandError(f"no run found under {root}: no log.txt in any of the layouts\n  " + "\n  ".join(LAYOUTS))
-    report = build_report(runs, expect_seeds=args.expect_seeds, zeroshot=zeroshot, baselines=args.baseline)
+    records = discover_run_records(root)
+    if not runs and not records:
+        raise CommandError(f"no run found under {root}: no caspl run folder (*.run/result.json) and no Dassl log.txt "
+                           "in any of the layouts\n  " + "\n  ".join(LAYOUTS))
+    report = build_report(runs, expect_seeds=args.expect_seeds, zeroshot=zeroshot, baselines=args.baseline,
+                          records=records, root=str(root))
     for table in report.tables:
         if table.printed:
             print(table.to_text(), end="\n\n")

@@ -146,15 +146,17 @@ def apply_protocol(
     subsample: str = "all",
     val_is_test: bool = False,
     rng=random,
+    cache_fewshot: bool = True,
 ) -> Splits:
-    """CoOp's few-shot sampling (``num_shots >= 1``, cached) then base/new subsampling.
+    """CoOp's few-shot sampling (``num_shots >= 1``, cached in the dataset folder unless
+    ``cache_fewshot=False``) then base/new subsampling.
 
     ``val_is_test`` (ImageNet) samples the train split only and uses the test split as val.
     """
     train, val, test = splits.train, splits.val, splits.test
     if num_shots >= 1:
         train, sampled_val = load_or_create_fewshot(
-            dataset_dir, image_dir, num_shots, seed, train, None if val_is_test else val, rng=rng
+            dataset_dir, image_dir, num_shots, seed, train, None if val_is_test else val, rng=rng, cache=cache_fewshot
         )
         val = val if sampled_val is None else sampled_val
     if val_is_test:
@@ -164,7 +166,8 @@ def apply_protocol(
 
 
 def load_benchmark(
-    name: str, root: str, *, num_shots: int = -1, seed: int = -1, subsample: str = "all", rng=random
+    name: str, root: str, *, num_shots: int = -1, seed: int = -1, subsample: str = "all", rng=random,
+    cache_fewshot: bool = True,
 ) -> Splits:
     """Read one CoOp benchmark dataset under ``root`` (``DATASET.ROOT``) as CoOp's readers do.
 
@@ -186,7 +189,7 @@ def load_benchmark(
         splits, val_is_test = Splits(*read_split(os.path.join(dataset_dir, spec.split_file), image_dir)), False
     return apply_protocol(
         dataset_dir, image_dir, splits, num_shots=num_shots, seed=seed, subsample=subsample,
-        val_is_test=val_is_test, rng=rng,
+        val_is_test=val_is_test, rng=rng, cache_fewshot=cache_fewshot,
     )
 
 

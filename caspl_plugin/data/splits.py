@@ -173,13 +173,18 @@ def load_or_create_fewshot(
     val: Optional[Sequence[Record]] = None,
     *,
     rng=random,
+    cache: bool = True,
 ) -> tuple[list[Record], Optional[list[Record]]]:
     """CoOp's few-shot step: ``num_shots`` train and ``min(num_shots, 4)`` val images per class.
 
     Reads the cached split if present, otherwise samples train then val (in that order, from
-    ``rng``) and caches them. ``val=None`` (ImageNet) samples and caches the train split only.
-    A cache that cannot be written (read-only dataset) is logged and skipped.
+    ``rng``) and caches them in ``dataset_dir`` (as CoOp does; ``cache=False``: sampled only, the
+    dataset folder is neither read nor written). ``val=None`` (ImageNet) samples and caches the
+    train split only. A cache that cannot be written (read-only dataset) is logged and skipped.
     """
+    if not cache:
+        sampled_train = generate_fewshot(train, num_shots, rng=rng)
+        return sampled_train, None if val is None else generate_fewshot(val, min(num_shots, MAX_VAL_SHOTS), rng=rng)
     path = fewshot_split_path(dataset_dir, num_shots, seed)
     keys = ("train",) if val is None else ("train", "val")
     if path.is_file():

@@ -25,12 +25,13 @@ import csv
 import os
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 from caspl_plugin.data.catalog import DATASETS
 
 from .parse import Run, RunKey, backbone_of, dataset_key, is_zero_shot
+from .records import RunRecord, run_records_table
 from .table import Table
 
 TRANSFER_DATASETS = tuple(s.config for s in DATASETS.values() if not s.test_only and s.config != "imagenet")
@@ -396,17 +397,21 @@ class Report:
     runs: list[Run]
     tables: list[Table]
     flags: list[Flag]
+    records: list[RunRecord] = field(default_factory=list)
 
     def summary(self) -> str:
         by_status = {s: sum(r.status == s for r in self.runs) for s in ("ok", "no-test", "unfinished", "unparsed")}
         runs = ", ".join(f"{n} {s}" for s, n in by_status.items() if n)
         kinds = ", ".join(f"{k} {n}" for k in FLAG_KINDS if (n := sum(f.kind == k for f in self.flags)))
-        return f"{len(self.runs)} runs ({runs}); {len(self.flags)} flagged" + (f" ({kinds})" if kinds else "")
+        folders = f"{len(self.records)} caspl run folder(s); " if self.records else ""
+        return (folders + f"{len(self.runs)} runs" + (f" ({runs})" if runs else "") + f"; {len(self.flags)} flagged"
+                + (f" ({kinds})" if kinds else ""))
 
 
 def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[ZeroShotReference] = None,
-                 baselines: Sequence[str] = ()) -> Report:
-    """Tables (per protocol and trainer, comparisons, all runs, flags) and flags for ``runs``."""
+                 baselines: Sequence[str] = (), records: Sequence[RunRecord] = (), root: str = ".") -> Report:
+    """Tables (per protocol and trainer, comparisons, all runs, flags) and flags for ``runs`` (Dassl
+    logs), and the table of ``records`` (run folders of ``caspl distill`` / ``caspl adapt`` under ``root``)."""
     runs = sorted(runs, key=lambda r: r.path)
     parsed = [r for r in runs if r.key is not None]
     reference = ZeroShotReference()
@@ -422,7 +427,7 @@ def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[
     flags.sort(key=lambda f: (FLAG_KINDS.index(f.kind), f.where))
 
     cells = _Cells(r for r in parsed if r.key.protocol in ("base2new", "few_shot", "xd"))
-    tables = []
+    tables = [run_records_table(list(records), root)] if records else []
     groups = cells.groups("base2new")
     labels = short_labels(groups)
     tables += [_labelled(base2new_table(cells, g), labels[g]) for g in groups]
@@ -438,11 +443,12 @@ def build_report(runs: Sequence[Run], expect_seeds: int = 3, zeroshot: Optional[
         listed = [r for r in parsed if r.key.protocol == protocol]
         if listed:
             tables.append(run_list_table(protocol, title, listed))
-    tables.append(runs_table(runs))
-    tables.append(Table("flags", f"Flagged: {len(flags)}", ["kind", "where", "detail"],
-                        [[f.kind, f.where, f.detail] for f in flags], kind="flags"))
+    if runs:
+        tables.append(runs_table(runs))
+        tables.append(Table("flags", f"Flagged: {len(flags)}", ["kind", "where", "detail"],
+                            [[f.kind, f.where, f.detail] for f in flags], kind="flags"))
     _make_names_unique(tables)
-    return Report(list(runs), tables, flags)
+    return Report(list(runs), tables, flags, list(records))
 
 
 def _labelled(table: Table, label: str) -> Table:
