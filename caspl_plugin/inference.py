@@ -145,6 +145,22 @@ def check_classifier(path, tensors: Mapping[str, torch.Tensor], meta: Mapping[st
     return cls
 
 
+def with_class_names(model: PromptModel, class_names: Sequence[str], template: Optional[str] = None) -> PromptModel:
+    """A copy of ``model`` over other class names (open vocabulary: the prompts were learned once, any
+    names can be ranked), optionally with another class template; the frozen CLIP is shared, not
+    copied. A method whose prompts belong to its training classes (CoOp's class-specific context)
+    refuses with its reason."""
+    import copy
+
+    renamed = copy.deepcopy(model, memo={id(model.clip): model.clip})
+    if template is not None:
+        renamed.template = template
+        renamed.prompts_changed()
+    renamed.set_class_names(class_names)
+    renamed.text_inputs()  # tokenize now: a bad template or a name that does not fit fails here
+    return renamed.eval()
+
+
 class Classifier:
     """A loaded classifier with its preprocessing: ``predict(paths or tensor, topk)``."""
 
@@ -158,6 +174,10 @@ class Classifier:
     @classmethod
     def load(cls, path, **kwargs) -> "Classifier":
         return cls(load_classifier(path, **kwargs))
+
+    def with_class_names(self, class_names: Sequence[str], template: Optional[str] = None) -> "Classifier":
+        """This classifier ranking ``class_names`` instead (see :func:`with_class_names`)."""
+        return Classifier(with_class_names(self.model, class_names, template))
 
     @property
     def class_names(self) -> list[str]:

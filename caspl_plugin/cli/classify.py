@@ -25,6 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="override the student CLIP's weights (tag, file or 'random'; .safetensors only)")
     parser.add_argument("--weights-dir", help="directory searched for CLIP weight files (.safetensors only)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_vocabulary_arguments(parser)
+
+
+def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
+    """--class-names / --template: rank other classes than the classifier was trained on."""
+    parser.add_argument("--class-names", metavar="FILE",
+                        help="rank these classes instead (one name per line): open vocabulary, the learned prompts "
+                             "serve any class names (not CoOp's class-specific context)")
+    parser.add_argument("--template", help="with the new names: another class template with {} (e.g. zero-shot models)")
+
+
+def vocabulary(args):
+    """(class names or None, template or None) of --class-names / --template, checked."""
+    if args.class_names is None:
+        return None, args.template
+    from caspl_plugin.data.classnames import read_class_names
+
+    return read_class_names(args.class_names), args.template
 
 
 def is_onnx(path: str) -> bool:
@@ -39,10 +57,16 @@ def load_model(args):
         given = [flag for flag, value in (("--weights", args.weights), ("--weights-dir", args.weights_dir)) if value]
         if given:
             raise ValueError(f"{' and '.join(given)} apply to .safetensors classifiers; {args.model} carries its weights")
+        if args.class_names or args.template:
+            raise ValueError(f"{args.model} holds its class features as constants: --class-names / --template need the "
+                             ".safetensors classifier (or export it again with `caspl export --class-names FILE`)")
         return OnnxClassifier(args.model, device=args.device)
     from caspl_plugin.inference import Classifier
 
-    return Classifier.load(args.model, weights=args.weights, weights_dir=args.weights_dir, device=args.device)
+    names, template = vocabulary(args)
+    classifier = Classifier.load(args.model, weights=args.weights, weights_dir=args.weights_dir, device=args.device)
+    return classifier if names is None and template is None else classifier.with_class_names(
+        classifier.class_names if names is None else names, template)
 
 
 def probe(path: str):

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--weights", help="override the student CLIP's weights (tag, file or 'random')")
     parser.add_argument("--weights-dir", help="directory searched for CLIP weight files")
+    from .classify import add_vocabulary_arguments
+
+    add_vocabulary_arguments(parser)
 
 
 def run(args) -> int:
@@ -37,9 +40,12 @@ def run(args) -> int:
         raise FileNotFoundError(f"Classifier not found: {args.model}")
     from caspl_plugin.export.onnx_export import export_classifier
 
+    from .classify import vocabulary
+
+    names, template = vocabulary(args)
     try:
         result = export_classifier(args.model, output, quantize=args.quantize, opset=args.opset,
-                                   weights=args.weights, weights_dir=args.weights_dir)
+                                   weights=args.weights, weights_dir=args.weights_dir, class_names=names, template=template)
     except ExportError as error:
         raise CommandError(str(error)) from None
     meta = result["metadata"]

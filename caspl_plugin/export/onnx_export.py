@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -232,18 +232,23 @@ def export_classifier(
     weights: Optional[str] = None,
     weights_dir: Optional[str] = None,
     verify: bool = True,
+    class_names: Optional[Sequence[str]] = None,
+    template: Optional[str] = None,
 ) -> dict:
     """Export the classifier artifact ``source`` (``.safetensors`` from phase 2) to the ONNX file ``path``.
 
-    ``weights`` / ``weights_dir`` locate the student CLIP as for :func:`caspl_plugin.inference.load_classifier`.
-    Returns what :func:`export_model` returns.
+    ``weights`` / ``weights_dir`` locate the student CLIP as for :func:`caspl_plugin.inference.load_classifier`;
+    ``class_names`` (and ``template``) export it over other classes than it was trained on (open
+    vocabulary: :func:`caspl_plugin.inference.with_class_names`). Returns what :func:`export_model` returns.
     """
-    from ..inference import load_classifier
+    from ..inference import load_classifier, with_class_names
 
     _require_export_packages()
     if os.fspath(source) == os.fspath(path):
         raise ExportError(f"The output {path} is the classifier being exported")
     model = load_classifier(source, weights=weights, weights_dir=weights_dir, device="cpu")
+    if class_names is not None or template is not None:
+        model = with_class_names(model, model.class_names if class_names is None else class_names, template)
     return export_model(model, path, quantize=quantize, opset=opset, source_sha256=file_sha256(source), verify=verify)
 
 
