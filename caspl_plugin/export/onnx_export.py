@@ -160,11 +160,9 @@ def _quantize_int8(proto):
 
 
 def _session(data: bytes):
-    import onnxruntime as ort
+    from .runtime import open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return open_session(data, "the exported graph")
 
 
 def export_model(

@@ -29,11 +29,16 @@ def _providers(ort, device: str) -> list:
     raise ExportError(f"device {device!r}: expected cpu, cuda or cuda:N for an .onnx classifier")
 
 
-def _open_session(data: bytes, path, providers):
-    """An onnxruntime session over ``data`` (the bytes that were verified), errors as one line."""
+def open_session(data: bytes, path, providers=("CPUExecutionProvider",)):
+    """An onnxruntime session over ``data`` (the bytes that were verified), with the CPU threads the
+    command chose (:func:`caspl_plugin.threads.configured_threads`); errors as one line."""
+    from ..threads import configured_threads
+
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if configured_threads() is not None:
+        options.intra_op_num_threads = configured_threads()
     try:
         return ort.InferenceSession(data, options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
@@ -65,7 +70,7 @@ class OnnxClassifier:
         providers = _providers(ort, device)
         onnx_file = read_onnx_file(path)
         self.metadata = check_classifier_file(onnx_file)
-        self.session = _open_session(onnx_file.data, path, providers)
+        self.session = open_session(onnx_file.data, path, providers)
         inputs, outputs = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
             raise ExportError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, the graph has {inputs} -> {outputs}")
