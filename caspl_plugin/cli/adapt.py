@@ -24,7 +24,10 @@ import logging
 import random
 from pathlib import Path
 
-from .common import BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say
+from .common import (
+    BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_model_names, check_tensorboard, in_user_words,
+    run_distributed, say,
+)
 from .runguard import guarded_run
 from .runrecord import run_record
 
@@ -213,6 +216,7 @@ def _run(args, device) -> int:
         raise CommandError(f"--output must end in .safetensors, got {output}")
     if args.boosting and not Path(args.boosting).is_file():
         raise CommandError(f"--boosting {args.boosting}: no such file")
+    check_model_names(student=args.student)
     cls, preset = _method_and_preset(args)
     settings = _settings(args, preset)
     model_settings = {**(preset.model if preset else {}), **_model_args(args.model_arg)}
@@ -245,10 +249,13 @@ def _adapt(args, device, output, checkpoint, record, cls, preset, settings, mode
     from caspl_plugin.report import harmonic_mean
 
     torch.manual_seed(args.seed)
-    student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
+    with in_user_words("--student-weights"):
+        student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
     try:
-        model = cascade(cls, PromptedCLIP(student), names, args.boosting, boosting_seed=args.seed,
-                        **(preset.cascade if preset else {}), **model_settings).to(device)
+        with in_user_words(prompts_hint="fewer prompt tokens: --model-arg n_ctx=K (CoOp, CoCoOp, MaPLe) or "
+                                        "n_ctx_text=K (IVLP, PromptSRC), or a boosting artifact with fewer text tokens"):
+            model = cascade(cls, PromptedCLIP(student), names, args.boosting, boosting_seed=args.seed,
+                            **(preset.cascade if preset else {}), **model_settings).to(device)
     except ArtifactError as error:
         raise CommandError(f"--boosting {args.boosting}: {error}") from None
     except TypeError as error:

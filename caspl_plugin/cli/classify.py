@@ -64,7 +64,10 @@ def load_model(args):
     from caspl_plugin.inference import Classifier
 
     names, template = vocabulary(args)
-    classifier = Classifier.load(args.model, weights=args.weights, weights_dir=args.weights_dir, device=args.device)
+    from .common import in_user_words
+
+    with in_user_words("--weights"):
+        classifier = Classifier.load(args.model, weights=args.weights, weights_dir=args.weights_dir, device=args.device)
     return classifier if names is None and template is None else classifier.with_class_names(
         classifier.class_names if names is None else names, template)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 
@@ -96,3 +97,31 @@ def run_distributed(args, body) -> int:
         return body(args, device)
     finally:
         distributed.cleanup()
+
+
+@contextlib.contextmanager
+def in_user_words(weights_flag: str = "--weights", prompts_hint: str = ""):
+    """Library errors re-worded for the command line: weights not found name ``weights_flag`` and
+    ``--weights-dir`` (not Python arguments); a prompt that does not fit the context says which flag
+    frees tokens (``prompts_hint``)."""
+    from caspl_plugin.clip.weights import WeightsNotFoundError
+    from caspl_plugin.prompts.layout import ContextTooShortError
+
+    try:
+        yield
+    except WeightsNotFoundError as error:
+        raise CommandError(error.describe(weights=f"{weights_flag} ", weights_dir="--weights-dir")) from None
+    except ContextTooShortError as error:
+        raise CommandError(f"{error}" + (f"; {prompts_hint}" if prompts_hint else "")) from None
+
+
+def check_model_names(**flags: str) -> None:
+    """Model names checked before any work, each error naming its flag (``student="ViT-B/16"`` ->
+    ``--student``)."""
+    from caspl_plugin.clip.names import resolve_model_name
+
+    for flag, name in flags.items():
+        try:
+            resolve_model_name(name)
+        except ValueError as error:
+            raise CommandError(f"--{flag.replace('_', '-')}: {error}") from None

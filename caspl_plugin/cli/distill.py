@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from .common import (
-    BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_tensorboard, run_distributed, say,
+    BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_model_names, check_tensorboard, in_user_words,
+    run_distributed, say,
 )
 from .runrecord import run_record
 
@@ -141,6 +142,8 @@ def _run(args, device) -> int:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise CommandError(f"--output must end in .safetensors, got {output}")
+    if not args.demo:
+        check_model_names(student=args.student, teacher=args.teacher)
     # validate every input before anything is built or written (--demo: once its data is written)
     inputs = None if args.demo else _validate_inputs(args)
     with guarded_run(output, command="distill") as checkpoint:  # rank 0 owns the outputs
@@ -241,29 +244,32 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
                     len(files), len(reasons), len(class_names), template)
 
     torch.manual_seed(args.seed)
-    student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
+    with in_user_words("--student-weights"):
+        student = create_clip(args.student, args.student_weights, weights_dir=args.weights_dir, device=device)
     dataset = None
     augmentation = AugmentationSettings(scale=settings.crop_scale)
-    if args.teacher_cache and domains:  # one cache per domain: only the teacher's text tower is built
-        from caspl_plugin.cache.dataset import open_cached_domains
+    with in_user_words("--teacher-weights"):
+        if args.teacher_cache and domains:  # one cache per domain: only the teacher's text tower is built
+            from caspl_plugin.cache.dataset import open_cached_domains
 
-        teacher, dataset = open_cached_domains(args.teacher_cache, listed, student, args.teacher, args.teacher_weights,
-                                               sampling=args.domain_sampling, weights_dir=args.weights_dir,
-                                               device=device, epochs=args.epochs, augmentation=augmentation)
-        domains = dataset.domains
-    elif args.teacher_cache:  # the teacher-view cache: only the teacher's text tower is built
-        from caspl_plugin.cache.dataset import open_cached_run
+            teacher, dataset = open_cached_domains(args.teacher_cache, listed, student, args.teacher, args.teacher_weights,
+                                                   sampling=args.domain_sampling, weights_dir=args.weights_dir,
+                                                   device=device, epochs=args.epochs, augmentation=augmentation)
+            domains = dataset.domains
+        elif args.teacher_cache:  # the teacher-view cache: only the teacher's text tower is built
+            from caspl_plugin.cache.dataset import open_cached_run
 
-        teacher, dataset = open_cached_run(args.teacher_cache, files, Path(args.images), student, args.teacher,
-                                           args.teacher_weights, weights_dir=args.weights_dir, device=device,
-                                           epochs=args.epochs, augmentation=augmentation)
-    else:
-        teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
-    distiller = build_distiller(
-        student, teacher, class_names, template, config, temperature=args.temperature,
-        teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
-        domains=[d.classes for d in domains] if domains else None,
-    ).to(device)
+            teacher, dataset = open_cached_run(args.teacher_cache, files, Path(args.images), student, args.teacher,
+                                               args.teacher_weights, weights_dir=args.weights_dir, device=device,
+                                               epochs=args.epochs, augmentation=augmentation)
+        else:
+            teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
+    with in_user_words(prompts_hint="--n-text gives the boosting prompts fewer text tokens"):
+        distiller = build_distiller(
+            student, teacher, class_names, template, config, temperature=args.temperature,
+            teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
+            domains=[d.classes for d in domains] if domains else None,
+        ).to(device)
     apply_text_chunk(distiller.student.clip, args.text_chunk)
     teacher_weights = str(teacher.weights)
     del teacher  # the distiller keeps the class features, not the teacher's text tower

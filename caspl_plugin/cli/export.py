@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from caspl_plugin.cli.common import CommandError
+    from caspl_plugin.cli.common import CommandError, in_user_words
     from caspl_plugin.cli.runguard import preflight_output
     from caspl_plugin.export import ExportError
     from caspl_plugin.export.onnx_export import _require_export_packages
@@ -44,8 +44,10 @@ def run(args) -> int:
 
     names, template = vocabulary(args)
     try:
-        result = export_classifier(args.model, output, quantize=args.quantize, opset=args.opset,
-                                   weights=args.weights, weights_dir=args.weights_dir, class_names=names, template=template)
+        with in_user_words("--weights"):
+            result = export_classifier(args.model, output, quantize=args.quantize, opset=args.opset,
+                                       weights=args.weights, weights_dir=args.weights_dir, class_names=names,
+                                       template=template)
     except ExportError as error:
         raise CommandError(str(error)) from None
     meta = result["metadata"]

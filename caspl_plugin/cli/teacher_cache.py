@@ -28,7 +28,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from .common import CommandError
+from .common import CommandError, in_user_words
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def run(args) -> int:
                            f"({other.name}); use another folder for a {'multi-domain' if multi else 'single-folder'} one")
     device = distributed.setup(device_of(args.device))
     try:
-        teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
+        with in_user_words("--teacher-weights"):
+            teacher = create_clip(args.teacher, args.teacher_weights, weights_dir=args.weights_dir, device=device)
         from caspl_plugin.cli.runguard import output_lock  # one run per output at a time
 
         lock = output_lock(output, command="teacher-cache") if distributed.is_main() else contextlib.nullcontext()

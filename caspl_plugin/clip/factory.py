@@ -9,6 +9,7 @@ the weights: OpenAI-format weights always get QuickGELU, other weights keep the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .weights import (
     IncompatibleWeightsError,
     PathLike,
     WeightsSource,
+    hub_weights_file,
     load_state_dict_into,
     read_weights,
     resolve_weights,
@@ -110,6 +112,8 @@ def create_clip(
         IncompatibleWeightsError: weights that do not fit the architecture or the requested activation.
     """
     source = resolve_weights(name, weights, weights_dir=weights_dir)
+    if source.kind == "hub":
+        return _create_hub_clip(name, source, device)
     state, source = read_weights(source)
     if quick_gelu is not None and source.quick_gelu is not None and quick_gelu != source.quick_gelu:
         raise IncompatibleWeightsError(
@@ -149,6 +153,30 @@ def create_clip(
         mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
         std=tuple(preprocess.get("std", OPENAI_STD)),
     )
+
+
+class HubModelUnavailable(FileNotFoundError):
+    """An ``hf-hub:`` model whose config or weights open_clip could not read (offline and not cached)."""
+
+
+def _create_hub_clip(name: str, source: WeightsSource, device) -> Backbone:
+    """A model open_clip reads from the Hugging Face hub (config and weights), frozen and in eval mode;
+    the weights file it read (the hub cache's) is recorded for the classifiers' digests."""
+    try:
+        model = open_clip.create_model(name, device="cpu")
+    except Exception as error:  # open_clip raises RuntimeError/OSError/... for an unreachable hub or cache
+        raise HubModelUnavailable(
+            f"{name}: open_clip could not read its config and weights from the Hugging Face hub or its cache "
+            f"({' '.join(str(error).split())[:300]}); run once online (HF_HUB_OFFLINE unset) to cache them"
+        ) from None
+    path = hub_weights_file(name)
+    model.eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    preprocess = getattr(model.visual, "preprocess_cfg", None) or {}
+    return Backbone(name=name, arch=name, model=model, tokenizer=_tokenizer(name),
+                    weights=dataclasses.replace(source, path=path),
+                    mean=tuple(preprocess.get("mean", OPENAI_MEAN)), std=tuple(preprocess.get("std", OPENAI_STD)))
 
 
 @functools.lru_cache(maxsize=None)

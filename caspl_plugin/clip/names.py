@@ -23,6 +23,13 @@ DASSL_NAMES = {
 }
 
 QUICK_GELU_SUFFIX = "-quickgelu"
+#: open_clip's prefix of models read from the Hugging Face hub (their config and weights come from its cache)
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def is_hub_name(name) -> bool:
+    """``hf-hub:ORG/REPO``: a model whose config and weights open_clip reads from the Hugging Face hub."""
+    return isinstance(name, str) and name.startswith(HF_HUB_PREFIX)
 
 _registered = False
 
@@ -47,6 +54,11 @@ def resolve_model_name(name: str, quick_gelu: Optional[bool] = None) -> str:
     ``quick_gelu=True`` selects the ``-quickgelu`` variant where open_clip has one and
     ``quick_gelu=False`` the plain one; ``None`` keeps the name's own choice.
     """
+    if is_hub_name(name):
+        repo = name[len(HF_HUB_PREFIX):]
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ValueError(f"Unknown CLIP model {name!r}: a hub model is named hf-hub:ORG/REPO")
+        return name
     register_package_configs()
     arch = DASSL_NAMES.get(name, name)
     available = set(open_clip.list_models())

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from ..artifacts.store import ArtifactError
-from .weights import RANDOM, WeightsNotFoundError, WeightsSource, file_sha256, package_weights_file, resolve_weights, weights_digest
+from .weights import (
+    RANDOM, WeightsNotFoundError, WeightsSource, file_sha256, hub_weights_file, package_weights_file, resolve_weights,
+    weights_digest,
+)
 
 
 def recorded_digest(backbone: str, recorded: Optional[str]) -> Optional[str]:
@@ -25,6 +28,8 @@ def parse_recorded_source(backbone: str, recorded: Optional[str]):
         return WeightsSource("file", location, path=location)
     if kind == "tag":
         return resolve_weights(backbone, location)
+    if kind == "hub":
+        return WeightsSource("hub", location, path=hub_weights_file(location))
     return WeightsSource("file", recorded, path=recorded)  # an explicit path given at save time
 
 
@@ -39,6 +44,11 @@ def verified_recorded_weights(path, student: Mapping[str, Any]) -> Optional[str]
         source = parse_recorded_source(student["backbone"], recorded)
     except (WeightsNotFoundError, ValueError) as error:
         raise ArtifactError(f"{path}: the recorded student weights {recorded} are not available ({error}); {hint}") from None
+    if source.kind == "hub":  # the hub model's own weights, read from its cache file
+        if digest is not None and source.path is not None and file_sha256(source.path) != digest:
+            raise ArtifactError(f"{path}: the cached weights of {source.location} ({source.path}) differ from the ones it "
+                                f"was saved with (recorded sha256 {digest}); {hint}")
+        return None
     if source.kind == "package":
         file = package_weights_file(source.location)
         if file is None or (digest is not None and file_sha256(file) == digest):

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..files import file_sha256  # noqa: F401  (re-exported: the one file digest)
-from .names import PACKAGE_MODELS, resolve_model_name, weight_file_stems
+from .names import PACKAGE_MODELS, is_hub_name, resolve_model_name, weight_file_stems
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ PathLike = Union[str, os.PathLike]
 
 class WeightsNotFoundError(FileNotFoundError):
     """No weights for a model at any of the places searched (the message lists them)."""
+
+    def __init__(self, name: str, arch: str, searched: list[str]):
+        self.name, self.arch, self.searched = name, arch, list(searched)
+        super().__init__(_not_found_message(name, arch, self.searched))
+
+    def describe(self, weights: str = "weights=", weights_dir: str = "weights_dir") -> str:
+        """The message with the ways in spelled as the caller's user types them (e.g. command-line flags)."""
+        return _not_found_message(self.name, self.arch, self.searched, weights, weights_dir)
 
 
 class IncompatibleWeightsError(ValueError):
@@ -101,6 +109,11 @@ def resolve_weights(
 ) -> WeightsSource:
     """Decide where ``name``'s weights come from; fail at once, naming every place searched."""
     arch = resolve_model_name(name)
+    if is_hub_name(name):
+        if weights is not None:
+            raise IncompatibleWeightsError(f"{name} brings its own weights from the Hugging Face hub; give none for it "
+                                           f"(got {weights!r})")
+        return WeightsSource("hub", name)
     if weights is not None and str(weights) == RANDOM:
         return WeightsSource(RANDOM)
     searched: list[str] = []
@@ -116,7 +129,7 @@ def resolve_weights(
         else:
             found = _resolve_tag(name, arch, str(weights), searched)
         if found is None:
-            raise WeightsNotFoundError(_not_found_message(name, arch, searched))
+            raise WeightsNotFoundError(name, arch, searched)
         return found
 
     for directory, label in ((weights_dir, "weights_dir"), (os.environ.get(WEIGHTS_DIR_ENV), f"${WEIGHTS_DIR_ENV}")):
@@ -132,7 +145,7 @@ def resolve_weights(
         return WeightsSource(RANDOM)
     found = _resolve_tag(name, arch, DEFAULT_TAG, searched, required=False)
     if found is None:
-        raise WeightsNotFoundError(_not_found_message(name, arch, searched))
+        raise WeightsNotFoundError(name, arch, searched)
     return found
 
 
@@ -277,17 +290,18 @@ def _host_resolves(host: str, timeout: float) -> bool:
     return resolved.is_set()
 
 
-def _not_found_message(name: str, arch: str, searched: list[str]) -> str:
+def _not_found_message(name: str, arch: str, searched: list[str], weights: str = "weights=",
+                       weights_dir: str = "weights_dir") -> str:
     stem = weight_file_stems(name, arch)[0]
     places = "\n  ".join(searched)
     return (
         f"No weights found for CLIP model {name!r} (open_clip architecture {arch!r}). Searched:\n  {places}\n"
         "Provide them in one of these ways:\n"
-        f"  - weights='/path/to/{stem}.pt': an OpenAI .pt (as CoOp downloads it), an open_clip checkpoint "
+        f"  - {weights}'/path/to/{stem}.pt': an OpenAI .pt (as CoOp downloads it), an open_clip checkpoint "
         "or a .safetensors state dict;\n"
-        f"  - put {stem}.pt in a directory given as weights_dir or ${WEIGHTS_DIR_ENV};\n"
-        "  - go online (HF_HUB_OFFLINE unset) so open_clip can download weights='openai' or another tag;\n"
-        "  - weights='random' for random initialisation."
+        f"  - put {stem}.pt in a directory given as {weights_dir} or ${WEIGHTS_DIR_ENV};\n"
+        f"  - go online (HF_HUB_OFFLINE unset) so open_clip can download {weights}'openai' or another tag;\n"
+        f"  - {weights}'random' for random initialisation."
     )
 
 
@@ -413,4 +427,14 @@ def weights_digest(source: WeightsSource) -> Optional[str]:
     if source.kind == "package":
         path = package_weights_file(source.location)
         return None if path is None else file_sha256(path)
+    if source.kind == "hub":
+        return None if source.path is None else file_sha256(source.path)
     return file_sha256(source.path or source.location)
+
+
+def hub_weights_file(name: str) -> Optional[str]:
+    """The file open_clip reads an ``hf-hub:`` model's weights from (its Hugging Face cache), or None."""
+    try:
+        return str(open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):]))
+    except Exception:  # not cached and offline, no hub access, ...
+        return None

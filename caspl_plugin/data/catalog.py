@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..names import did_you_mean
+
 SPLIT_SOURCES = ("split_json", "fgvc_txt", "imagenet_folders", "test_folders", "test_numbered_folders")
 
 
@@ -93,9 +95,10 @@ def dataset_spec(name: str) -> DatasetSpec:
     for spec in DATASETS.values():
         if spec.config == name:
             return spec
+    configs = sorted(spec.config for spec in DATASETS.values())
     raise KeyError(
-        f"Unknown dataset {name!r}: expected one of {sorted(DATASETS)} "
-        f"or a config name {sorted(spec.config for spec in DATASETS.values())}"
+        f"Unknown dataset {name!r}: expected one of {sorted(DATASETS)} or a config name {configs}."
+        + did_you_mean(name, [*DATASETS, *configs])
     )
 
 

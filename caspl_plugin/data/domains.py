@@ -55,6 +55,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..names import did_you_mean
 from .unlabeled import UnlabeledImages, list_images, read_class_names
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def resolve_template(value) -> str:
         return TEMPLATES[value]
     if not isinstance(value, str):
         check_template(value)
-    raise DomainError(f"template {value!r} has no '{{}}' and is not a dataset name; known datasets: {', '.join(sorted(TEMPLATES))}")
+    raise DomainError(f"template {value!r} has no '{{}}' and is not a dataset name; known datasets: "
+                      f"{', '.join(sorted(TEMPLATES))}." + did_you_mean(value, TEMPLATES))
 
 
 def load_domain(images, class_names, template: str, name: Optional[str] = None) -> DomainSource:

@@ -1,9 +1,10 @@
 """Method registry (timm style): name -> model class, with presets and helpful errors."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..names import did_you_mean
 
 _METHODS: dict[str, type] = {}
 
@@ -63,9 +64,7 @@ def get_method(name: str) -> type:
     _load_entry_points()
     key = name.lower()
     if key not in _METHODS:
-        close = difflib.get_close_matches(key, list(_METHODS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"Unknown method {name!r}; available: {', '.join(sorted(_METHODS))}.{hint}")
+        raise KeyError(f"Unknown method {name!r}; available: {', '.join(sorted(_METHODS))}." + did_you_mean(key, _METHODS))
     return _METHODS[key]
 
 
@@ -73,5 +72,6 @@ def get_preset(method: str, preset: str) -> Preset:
     cls = get_method(method)
     presets: dict[str, Preset] = getattr(cls, "presets", {})
     if preset not in presets:
-        raise KeyError(f"Method {cls.method!r} has no preset {preset!r}; available: {', '.join(presets) or 'none'}")
+        raise KeyError(f"Method {cls.method!r} has no preset {preset!r}; available: {', '.join(presets) or 'none'}."
+                       + did_you_mean(preset, presets))
     return presets[preset]

@@ -47,6 +47,19 @@ def in_vision_order(items: Sequence, role=lambda item: item.role) -> list:
     return sorted(items, key=lambda item: VISION_ORDER.index(role(item)))
 
 
+class ContextTooShortError(ValueError):
+    """A class prompt longer than the text tower's context: the message says how many tokens the
+    context has, how many the prompt tokens and the text take."""
+
+    def __init__(self, class_name: str, needed: int, prompt_tokens: int, text: str, context_length: int):
+        self.class_name, self.needed, self.prompt_tokens, self.context_length = class_name, needed, prompt_tokens, context_length
+        super().__init__(
+            f"Class name {class_name!r} does not fit: the text tower's context has {context_length} tokens, its prompt "
+            f"needs {needed} ({prompt_tokens} prompt tokens + {needed - prompt_tokens} for [SOS], the text {text!r} "
+            f"and [EOS]); use {needed - context_length} fewer prompt tokens or a shorter class name"
+        )
+
+
 @dataclass(frozen=True)
 class Slot:
     """A named run of prompt tokens of one role in the text sequence."""
@@ -181,11 +194,8 @@ def build_text_inputs(
                 ids += encode(piece[1])
         ids.append(eot_id)
         if len(ids) > context_length:
-            raise ValueError(
-                f"Class name {class_name!r} does not fit: its prompt needs {len(ids)} tokens "
-                f"({sum(s.n for s in slots)} prompt tokens + the text {template.format(class_name)!r}) "
-                f"but the context length is {context_length}"
-            )
+            raise ContextTooShortError(class_name, len(ids), sum(s.n for s in slots), template.format(class_name),
+                                       context_length)
         rows_eot.append(len(ids) - 1)
         rows_ids.append(ids + [0] * (context_length - len(ids)))
         for name, p in pos.items():
