@@ -43,3 +43,23 @@ def test_without_matplotlib_the_tables_are_written_and_the_chart_skipped_with_on
     assert set(paths) == {"markdown", "csv"} and all(p.is_file() for p in paths.values())
     assert not (tmp_path / "demo_results.png").exists()
     assert [r.getMessage() for r in caplog.records] == ["matplotlib is not installed, charts skipped (pip install 'caspl-plugin[plots]')"]
+
+
+def test_ctrl_c_writes_the_rows_finished_marked_partial(tmp_path, capsys, monkeypatch):
+    import caspl_plugin.demo.per_domain as per_domain
+
+    calls = []
+    adapt = per_domain.adapt_toy_method
+
+    def interrupted_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return adapt(*args, **kwargs)
+
+    monkeypatch.setattr(per_domain, "adapt_toy_method", interrupted_second_time)
+    assert caspl(["demo", "--quick", "--no-progress", "--out", str(tmp_path)]) == 130
+    markdown = (tmp_path / "demo_results.md").read_text()
+    assert "**Partial: interrupted after 4 finished run(s)" in markdown  # 2 zero-shot, boosting, CoOp
+    assert "| CoOp |" in markdown and "CasPL_CoOp" not in markdown and "PromptSRC" not in markdown
+    assert "partial results written" in capsys.readouterr().err

@@ -6,6 +6,8 @@ measured on a held-out domain and on the seen ones (see :mod:`caspl_plugin.demo.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 
 
@@ -23,10 +25,12 @@ def run(args) -> int:
         raise ValueError(f"--seeds must be distinct, got {args.seeds}")
     if args.universal:
         return _run_universal(args)
-    from caspl_plugin.demo import DemoSettings, format_table, run_demo, write_outputs
+    from caspl_plugin.demo import DemoResult, DemoSettings, format_table, run_demo, write_outputs
 
     settings = DemoSettings.quick(seeds=tuple(args.seeds or (1,))) if args.quick else DemoSettings(seeds=tuple(args.seeds or (1, 2, 3)))
-    result = run_demo(settings, progress=not args.no_progress)
+    result = DemoResult()
+    with _keep_partial(result, lambda: write_outputs(result, Path(args.out), settings), lambda: format_table(result)):
+        run_demo(settings, progress=not args.no_progress, result=result)
     print(format_table(result))
     paths = write_outputs(result, Path(args.out), settings)
     print(f"\n{result.seconds['total']:.0f} s in all (boosting {result.seconds['boosting']:.0f} s, "
@@ -34,13 +38,36 @@ def run(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _keep_partial(result, write, table, rows=lambda result: result.rows):
+    """On Ctrl-C: the rows finished so far are printed and written, marked partial; then the
+    interruption goes on (exit 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        finished = sum(len(row["base"]) for row in rows(result).values())
+        if finished:
+            result.partial = f"interrupted after {finished} finished run(s); the rows hold only those"
+            print(table())
+            paths = write()
+            print("\npartial results written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+        raise
+
+
 def _run_universal(args) -> int:
     from caspl_plugin.demo import format_table
-    from caspl_plugin.demo import UniversalSettings, run_universal_demo, verdict, write_universal_outputs
+    from caspl_plugin.demo import UniversalResult, UniversalSettings, run_universal_demo, verdict, write_universal_outputs
 
     seeds = tuple(args.seeds or ((1,) if args.quick else (1, 2, 3)))
     settings = UniversalSettings.quick(seeds=seeds) if args.quick else UniversalSettings(seeds=seeds)
-    result = run_universal_demo(settings, progress=not args.no_progress)
+    result = UniversalResult()
+
+    def tables() -> str:
+        return f"held-out domain: {settings.held_out}\n{format_table(result.held_out)}\n\nseen domains\n{format_table(result.seen)}"
+
+    with _keep_partial(result.held_out, lambda: write_universal_outputs(result, Path(args.out), settings), tables,
+                       rows=lambda _: {**result.held_out.rows, **{f"seen {k}": v for k, v in result.seen.rows.items()}}):
+        run_universal_demo(settings, progress=not args.no_progress, result=result)
     print(f"Universal boosting prompts: trained on {', '.join(settings.seen)}; held-out domain {settings.held_out}\n")
     print(f"held-out domain: {settings.held_out}")
     print(format_table(result.held_out))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -28,11 +29,12 @@ from .runs import TEMPLATE, DemoResult, DemoSettings, TestSplit, adapt_toy_metho
 from .tables import chart_or_skip, csv_text, markdown_table, seed_caption, table_rows
 
 
-def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> DemoResult:
-    """Run the demo and return every measured accuracy (see the module docstring)."""
+def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True, result: Optional[DemoResult] = None) -> DemoResult:
+    """Run the demo and return every measured accuracy (see the module docstring). Rows are added to
+    ``result`` (a new one by default) as they finish, so an interrupted run still holds them."""
     from tqdm.auto import tqdm
 
-    result = DemoResult()
+    result = DemoResult() if result is None else result
     started = time.perf_counter()
     torch.manual_seed(0)
     student, teacher = create_clip("toy-student"), create_clip("toy-teacher")
@@ -90,6 +92,7 @@ def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict
     seeds = seed_caption(settings.seeds)
     markdown = [
         f"# CasPL demo on ToyShapes ({seeds})", "",
+        *([f"**Partial: {result.partial}.**", ""] if result.partial else []),
         "Accuracy (%) on base classes (among base) and novel classes (among novel); HM of the seed means.", "",
         *markdown_table(result), "",
         f"Time: {result.seconds.get('total', 0):.0f} s (boosting {result.seconds.get('boosting', 0):.0f} s, "
@@ -98,5 +101,6 @@ def write_outputs(result: DemoResult, out: Path, settings: DemoSettings) -> dict
     paths = {"markdown": out / "demo_results.md", "csv": out / "demo_results.csv"}
     atomic_write(paths["markdown"], "\n".join(markdown).encode())
     atomic_write(paths["csv"], csv_text(result, settings.seeds).encode())
-    drawn = chart_or_skip(table_rows(result), out / "demo_results.png", f"CasPL on ToyShapes ({seeds})", seeds)
+    title = f"CasPL on ToyShapes ({seeds})" + (" - partial" if result.partial else "")
+    drawn = chart_or_skip(table_rows(result), out / "demo_results.png", title, seeds)
     return {**paths, **({"chart": drawn} if drawn else {})}

@@ -44,6 +44,8 @@ class DemoSettings:
 class DemoResult:
     rows: dict = field(default_factory=dict)  # name -> {"base": [...], "novel": [...]}
     seconds: dict = field(default_factory=dict)
+    #: set when the run was interrupted: what it had finished (the rows hold only that)
+    partial: str = ""
 
     def add(self, name: str, base: float, novel: float) -> None:
         row = self.rows.setdefault(name, {"base": [], "novel": []})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -79,11 +79,13 @@ def _test_splits(variant: str, per_class: int, backbone) -> tuple[TestSplit, Tes
     return TestSplit(images, test.labels, domain.base_labels()), TestSplit(images, test.labels, domain.novel_labels())
 
 
-def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progress: bool = True) -> UniversalResult:
-    """Run the universal demo and return every measured accuracy (see the module docstring)."""
+def run_universal_demo(settings: UniversalSettings = UniversalSettings(), progress: bool = True,
+                       result: Optional[UniversalResult] = None) -> UniversalResult:
+    """Run the universal demo and return every measured accuracy (see the module docstring). Rows are
+    added to ``result`` (a new one by default) as they finish, so an interrupted run still holds them."""
     from tqdm.auto import tqdm
 
-    result = UniversalResult()
+    result = UniversalResult() if result is None else result
     started = time.perf_counter()
     torch.manual_seed(0)
     student, teacher = create_clip("toy-student"), create_clip("toy-teacher")
@@ -167,9 +169,10 @@ def write_universal_outputs(result: UniversalResult, out: Path, settings: Univer
         f"Universal prompts distilled on {', '.join(settings.seen)} ({settings.sampling} sampling, one domain per batch); "
         f"held-out domain: **{settings.held_out}** ({domain.VARIANTS[settings.held_out]}). Accuracy (%) on base "
         "classes (among base) and novel classes (among novel); HM of the seed means.", "",
+        *([f"**Partial: {result.held_out.partial}.**", ""] if result.held_out.partial else []),
         f"## Held-out domain: {settings.held_out}", "", *markdown_table(result.held_out), "",
         "## Seen domains", "", *markdown_table(result.seen), "",
-        verdict(result), "",
+        *([] if result.held_out.partial else [verdict(result), ""]),
         f"Time: {result.seconds.get('total', 0):.0f} s ({seconds}).", "",
     ]
     paths = {"markdown": out / "universal_results.md", "csv": out / "universal_results.csv",
@@ -178,5 +181,6 @@ def write_universal_outputs(result: UniversalResult, out: Path, settings: Univer
     atomic_write(paths["csv"], csv_text(result.held_out, settings.seeds).encode())
     atomic_write(paths["seen_csv"], csv_text(result.seen, settings.seeds).encode())
     drawn = chart_or_skip(table_rows(result.held_out), out / "universal_results.png",
-                          f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})", seeds)
+                          f"Universal boosting prompts, held-out domain {settings.held_out} ({seeds})"
+                          + (" - partial" if result.held_out.partial else ""), seeds)
     return {**paths, **({"chart": drawn} if drawn else {})}
