@@ -8,27 +8,16 @@ classes. Loss: cross-entropy over the per-image logits.
 In the CasPL cascade the image feature is the *boosted* one (image encoded with the boosting vision
 prompts) and only the adapting context is shifted: ``[SOS][ctx + π(x)][boosting][class . EOS]``.
 
-Cost: a step encodes **B × C text sequences** (batch size times number of classes), all in one
-text-encoder pass whose activations are kept for the backward pass; this is why the published
-recipe uses batch size 1. ``max_text_batch`` bounds the sequences per pass (at least one image's C
-sequences): images are encoded in chunks of ``max(1, max_text_batch // C)`` and, when gradients are
-on, each chunk is recomputed in the backward pass (activation checkpointing), so the memory kept
-for the backward pass is one chunk's instead of all B × C sequences', for one more text-encoder
-forward. The result is the same either way. Measured training steps (forward + backward + SGD, fp32,
-CPU, 1 thread on a loaded machine, so times are rough; C = 10; "kept" = bytes autograd saves for
-the backward pass, "peak" = peak RSS above the built model):
-
-=================== ==== ============== ========= ======== =========
-model               B    max_text_batch s / step  kept     peak
-=================== ==== ============== ========= ======== =========
-tiny (random)       4    None           0.09      14 MiB   44 MiB
-tiny (random)       4    10             0.18-0.32 ~0       30 MiB
-ViT-B/16 (random)   1    None           7.8       328 MiB  332 MiB
-ViT-B/16 (random)   2    None           12.0      510 MiB  642 MiB
-ViT-B/16 (random)   4    None           18.1      875 MiB  1269 MiB
-ViT-B/16 (random)   4    10             34.0      ~0       400 MiB
-CoOp, ViT-B/16      4    (C sequences)  7.9       328 MiB  331 MiB
-=================== ==== ============== ========= ======== =========
+Cost: a step encodes **B × C text sequences** (batch size times number of classes). The prompted
+text tower runs the part they share once per image — ``[SOS]``, the shifted context and the
+boosting tokens: the context is passed as one value set per image (``PromptTokens.rows``) — and only
+the class names' short suffixes for each class (:mod:`caspl_plugin.prompts.text`); the numbers
+equal the full 77-token pass. ``max_text_batch`` bounds the sequences per pass (at least one image's
+C sequences): images are encoded in chunks of ``max(1, max_text_batch // C)`` and, when gradients
+are on, each chunk is recomputed in the backward pass (activation checkpointing), so the memory kept
+for the backward pass is one chunk's, for one more text-tower forward; the result is the same
+either way. ``benchmarks/bench_text.py`` measures the text tower and the training step at 10 to
+1000 classes.
 
 Class text features depend on the image, so they are never cached per class set
 (``image_conditioned_text = True``); :meth:`conditioned_class_features` gives them per image.
@@ -52,7 +41,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..prompts import PromptedCLIP, PromptGroup
 from .coop import _SCHEDULE, CoOp
@@ -121,25 +109,16 @@ class CoCoOp(CoOp):
         return self.ctx + bias.unsqueeze(1)
 
     def conditioned_class_features(self, image_features: Tensor) -> Tensor:
-        """Class text features per image ``[B, C, D]``: ``B × C`` sequences, one encoder pass
-        (or passes of at most ``max_text_batch`` sequences)."""
+        """Class text features per image ``[B, C, D]``: ``B × C`` sequences, in one text-tower pass or,
+        with ``max_text_batch``, passes of whole images' sequences recomputed in backward (the prompt
+        mechanism's chunking, :attr:`~caspl_plugin.prompts.PromptedCLIP.text_chunk`)."""
         contexts = self.image_context(image_features)
-        if self.max_text_batch is None:
-            return self._encode_per_image(contexts)
-        per_pass = max(1, self.max_text_batch // len(self.class_names))
-        recompute = torch.is_grad_enabled()
-        return torch.cat([
-            checkpoint(self._encode_per_image, chunk, use_reentrant=False) if recompute else self._encode_per_image(chunk)
-            for chunk in contexts.split(per_pass)
-        ])
-
-    def _encode_per_image(self, contexts: Tensor) -> Tensor:
-        """``[b, C, D]`` features of all classes for ``b`` per-image contexts, in one encoder pass."""
         n_images, n_classes = contexts.shape[0], len(self.class_names)
         inputs = self.text_inputs().repeat(n_images)  # row i*C + c: image i, class c
         image_of_row = torch.arange(n_images).repeat_interleave(n_classes)  # on the CPU: the text plan reads it there
         prompts = self.prompts_with_context(contexts, rows=image_of_row)  # one shared prefix per image
-        return self.clip.encode_text(inputs, prompts).unflatten(0, (n_images, n_classes))
+        max_rows = None if self.max_text_batch is None else max(1, self.max_text_batch // n_classes) * n_classes
+        return self.clip.encode_text(inputs, prompts, max_rows=max_rows).unflatten(0, (n_images, n_classes))
 
     def encode_classes(self) -> Tensor:
         raise RuntimeError(

@@ -150,13 +150,18 @@ class PromptedCLIP(nn.Module):
             ids = ids[:n]
         return self.clip.token_embedding(ids).float()
 
-    def encode_text(self, inputs: TextInputs, prompts: Sequence[PromptTokens] = ()) -> Tensor:
+    def encode_text(self, inputs: TextInputs, prompts: Sequence[PromptTokens] = (), *,
+                    max_rows: Optional[int] = None) -> Tensor:
         """Text features ``[rows, embed_dim]`` (not normalised) of ``inputs`` with ``prompts`` placed,
-        computed on the path :attr:`text_mode` selects (:mod:`caspl_plugin.prompts.text`)."""
+        computed on the path :attr:`text_mode` selects (:mod:`caspl_plugin.prompts.text`), at most
+        ``max_rows`` (or :attr:`text_chunk`) sequences per pass."""
         prompts = [p for p in prompts if p.n > 0]
         self._check_slots(inputs, prompts)
+        rows = max_rows if max_rows is not None else self.text_chunk
+        if self.text_chunk is not None and rows is not None:
+            rows = min(rows, self.text_chunk)
         return encode_text(self.clip, inputs.to(self.device), prompts, blocks=self._blocks, mode=self.text_mode,
-                           max_rows=self.text_chunk)
+                           max_rows=rows)
 
     @property
     def text_path(self) -> str:
