@@ -307,6 +307,23 @@ def test_method_depth_places_the_authors_layout_in_a_host(data_root, tmp_path):
         other_seed.load_model(str(tmp_path / "m"), epoch=1)
 
 
+def test_method_depth_fillers_follow_the_run_seed_by_default(data_root, tmp_path):
+    """BOOSTING_SEED -1 (the default): the fillers come from the run's SEED, as in the authors' runs:
+    seeds 1 and 2 differ, the same seed repeats."""
+    g = torch.Generator().manual_seed(6)
+    path = save_artifact(tmp_path / "shallow.safetensors", torch.randn(1, 2, TEXT_WIDTH, generator=g),
+                         torch.randn(1, 3, VISION_WIDTH, generator=g))
+    opts = ("TRAINER.HOSTIVLP.PROMPT_DEPTH_TEXT", 3, "TRAINER.HOSTIVLP.PROMPT_DEPTH_VISION", 3, "TRAINER.CASPL.BOOSTING", path,
+            "TRAINER.CASPL.BOOSTING_DEPTH", "method")
+    fillers = {}
+    for run, seed in (("a", 1), ("b", 2), ("c", 1)):
+        group = build(data_root, tmp_path / run, "CasPL_HostIVLP", *opts, "SEED", seed).boosting_group
+        fillers[run] = group.text.detach()[1:].clone()
+        seeded = torch.Generator().manual_seed(seed)
+        assert torch.equal(group.text.detach()[1:], authors_layout(torch.zeros(1, 2, TEXT_WIDTH), 3, TEXT_WIDTH, seeded)[1:])
+    assert not torch.equal(fillers["a"], fillers["b"]) and torch.equal(fillers["a"], fillers["c"])
+
+
 def test_method_depth_drops_trained_layers_below_the_hosts_depth(data_root, tmp_path):
     g = torch.Generator().manual_seed(8)
     text, vision = torch.randn(3, 2, TEXT_WIDTH, generator=g), torch.randn(3, 3, VISION_WIDTH, generator=g)

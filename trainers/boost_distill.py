@@ -44,7 +44,8 @@ class BoostDistill(TrainerX):
         if node.TEACHER_SCALE not in ("own", "student"):
             raise ValueError(f"TRAINER.BOOSTDISTILL.TEACHER_SCALE must be 'own' or 'student', got {node.TEACHER_SCALE!r}")
         if node.DOMAIN_SAMPLING not in SAMPLING:
-            raise ValueError(f"TRAINER.BOOSTDISTILL.DOMAIN_SAMPLING must be one of {', '.join(SAMPLING)}, got {node.DOMAIN_SAMPLING!r}")
+            raise ValueError(f"TRAINER.BOOSTDISTILL.DOMAIN_SAMPLING must be {' or '.join(map(repr, SAMPLING))}, "
+                             f"got {node.DOMAIN_SAMPLING!r}")
         if node.DOMAINS and node.TEMPLATE:
             raise ValueError("TRAINER.BOOSTDISTILL.TEMPLATE serves one dataset; with DOMAINS every domain has its own "
                              "template (a dataset's CoOp template, or 'template' in a domain manifest)")

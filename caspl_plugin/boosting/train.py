@@ -58,7 +58,7 @@ class DistillSettings:
             raise ValueError(f"crop_scale expects 0 < min <= max <= 1, got {tuple(self.crop_scale)!r}")
         self.crop_scale = (low, high)
         if self.domain_sampling is not None and self.domain_sampling not in SAMPLING:
-            raise ValueError(f"domain_sampling must be one of {', '.join(SAMPLING)} or None, got {self.domain_sampling!r}")
+            raise ValueError(f"domain_sampling must be {', '.join(map(repr, SAMPLING))} or None, got {self.domain_sampling!r}")
 
 
 #: What a run did (the engine's report): mean loss per epoch, steps, time, every image it had to skip.

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..artifacts.boosting import ArtifactMismatchError, BoostingArtifact
 from ..artifacts.store import ArtifactError
+from ..methods.cascade import run_seed
 from ..methods.promptsrc import ANCHORS
 from .adapters import CascadeRefused, ClipAdapter, backbone_geometry
 from .config import BOOSTING_FILE, CASCADE_BASE, CASCADE_PREFIX
@@ -82,6 +83,15 @@ def _modules_of(trainer) -> list[str]:
         if isinstance(value, nn.Module):
             found.append(f"{name}: {type(value).__module__}.{type(value).__qualname__}")
     return found
+
+
+def boosting_seed(cfg) -> int:
+    """The seed of the depth rule's fillers: ``TRAINER.CASPL.BOOSTING_SEED``, or with -1 (the default)
+    the run's seed (``SEED``; what the global RNG was seeded with when SEED < 0), as the authors draw them."""
+    seed = int(cfg.TRAINER.CASPL.BOOSTING_SEED)
+    if seed >= 0:
+        return seed
+    return int(cfg.SEED) if int(cfg.SEED) >= 0 else run_seed()
 
 
 def clip_adapters() -> list[ClipAdapter]:
@@ -227,7 +237,7 @@ def attach_boosting(trainer, artifact: Optional[BoostingArtifact] = None) -> Boo
         if method_depth is None:
             logger.info("CasPL: BOOSTING_DEPTH method: %s has no deep prompts of its own; keeping the artifact's depth", adapter.name)
     group = boosting_group_from_artifact(artifact, adapter.geometry(handle), learnable=learnable,
-                                         method_depth=method_depth, seed=int(node.BOOSTING_SEED)).to(trainer.device)
+                                         method_depth=method_depth, seed=boosting_seed(trainer.cfg)).to(trainer.device)
     unplaced = adapter.unplaced(handle)
     with_tokens = [encoder for encoder, n in (("text", group.spec.n_text), ("vision", group.spec.n_vision)) if n]
     if with_tokens and all(encoder in unplaced for encoder in with_tokens):

@@ -9,7 +9,7 @@ nodes itself keeps working. The plugin's own nodes:
                          (the paper's ablation), ``ANCHOR`` of PromptSRC and of host regularisers
                          (``clip`` = vanilla CLIP, the authors' code | ``boosted``), ``BOOSTING_DEPTH``
                          (``artifact`` | ``method``: the authors' PromptSRC rule) and ``BOOSTING_SEED``
-                         (its random fill; see caspl_plugin.methods.cascade)
+                         (its random fill; -1, the default: the run's SEED; see caspl_plugin.methods.cascade)
 ``TRAINER.BOOSTDISTILL`` phase 1: boosting geometry, teacher, template, temperature, ``EXPORT`` path,
                          ``TEACHER_CACHE`` (a ``caspl teacher-cache`` folder: train without the teacher's image tower),
                          ``DOMAINS`` (universal boosting prompts: CoOp dataset names and/or domain manifests,
@@ -54,7 +54,7 @@ def method_defaults() -> dict[str, CN]:
 def plugin_defaults() -> dict[str, CN]:
     """``TRAINER.<NODE>`` defaults of the plugin's own trainers."""
     return {
-        "CASPL": _node(BOOSTING="", LEARNABLE_BOOSTING=False, ANCHOR="clip", BOOSTING_DEPTH="artifact", BOOSTING_SEED=0),
+        "CASPL": _node(BOOSTING="", LEARNABLE_BOOSTING=False, ANCHOR="clip", BOOSTING_DEPTH="artifact", BOOSTING_SEED=-1),
         "BOOSTDISTILL": _node(
             N_CTX_TEXT=8, N_CTX_VISION=8, PROMPT_DEPTH_TEXT=12, PROMPT_DEPTH_VISION=12,
             CTX_INIT="a photo of a", TEACHER="ViT-L/14", TEACHER_WEIGHTS="", TEMPLATE="",
