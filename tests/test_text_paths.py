@@ -104,7 +104,7 @@ def _features_and_grads(model, mode, image_features):
         features = model.conditioned_class_features(image_features)
     else:
         features = model.encode_classes()
-    weights = torch.randn(features.shape, generator=torch.Generator().manual_seed(7))
+    weights = torch.randn(features.shape, generator=torch.Generator().manual_seed(7)).to(features.device)
     (features * weights).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return features.detach(), grads
@@ -352,3 +352,17 @@ def test_cost_model_takes_the_trimmed_layout_when_sharing_costs_more(deep, monke
         assert _relative(trimmed, model.encode_classes()) <= 1e-5
     assert text_module.bucket_lengths(torch.tensor([3, 3, 4, 9]), price=10**6)[0] == [9]
     assert text_module.bucket_lengths(torch.tensor([3, 3, 4, 9]), price=0) == ([3, 4, 9], 3 + 3 + 4 + 9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels of the short paths")
+@pytest.mark.parametrize("method", ["ivlp", "cocoop", "promptsrc"])
+def test_short_paths_equal_the_full_path_on_cuda(deep, method):
+    clip = PromptedCLIP(deep).to("cuda")
+    model = _build(method, clip, 12, True).to("cuda")
+    model.set_class_names([f"{word} {i}" for i in range(8) for word in SHORT])
+    image_features = torch.randn(2, clip.embed_dim, device="cuda")
+    full, full_grads = _features_and_grads(model, "full", image_features)
+    for mode in ("trimmed", "shared"):
+        features, grads = _features_and_grads(model, mode, image_features)
+        assert _relative(features, full) <= 1e-4, mode
+        assert all(_relative(grads[n], full_grads[n]) <= 1e-4 for n in full_grads), mode

@@ -45,7 +45,7 @@ TEXT_MODES = ("shared", "trimmed", "full")
 MAX_BUCKETS = 4
 #: The cost model's price of one more attention call per block, in positions: what a position costs
 #: against a kernel launch (a GPU runs thousands of positions in the time of a few launches).
-PIECE_PRICE = {"cpu": 32, "cuda": 4096}
+PIECE_PRICE = {"cpu": 32, "cuda": 8192}
 _DEFAULT_PIECE_PRICE = 512
 
 
