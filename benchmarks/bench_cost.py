@@ -14,16 +14,18 @@ and the whole run is computed from them:
 A step's FLOPs are ``batch x per-image + per-step`` (the class text features are computed once per
 step, whatever the batch): both parts are measured (steps at batch ``B`` and ``2B``), which gives
 ImageNet's batch-128 phase-1 step exactly, and its time by the same split of the measured times.
-The GPU column divides the FLOPs by ``--assumed-tflops`` (an assumption, printed with the table).
+On a CPU the GPU column divides the FLOPs by ``--assumed-tflops`` (an assumption, printed with the
+table); with ``--device cuda`` the steps are timed on the GPU (``--precision amp`` as the authors ran).
 
 The counter sees what the step runs: nn.MultiheadAttention's inference fast path (one fused op the
 counter does not know) is switched off while counting, and CPU attention is counted with torch's
 own attention formula. Evaluation passes are not counted.
 
     python benchmarks/bench_cost.py [--datasets OxfordPets ImageNet ...] [--repeats 3] [--threads N]
-        [--assumed-tflops 100] [--memory] [--quick]
+        [--device cpu|cuda] [--precision fp32|amp|bf16|fp16] [--assumed-tflops 100] [--memory] [--quick]
 
-``--memory`` also measures each step's peak resident memory, one process per step and dataset.
+``--memory`` also measures each step's peak memory (resident on a CPU, allocated on CUDA), one process
+per step and dataset.
 ``--quick`` uses the tiny pair and three datasets (seconds; for testing the script).
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ from caspl_plugin.clip import create_clip  # noqa: E402
 from caspl_plugin.engine import make_optimizer, training_step  # noqa: E402
 from caspl_plugin.methods import get_method, get_preset  # noqa: E402
 from caspl_plugin.prompts import PromptedCLIP  # noqa: E402
+from bench_scale import random_text_tower  # noqa: E402  (benchmarks/bench_scale.py)
 from bench_text import class_names  # noqa: E402  (benchmarks/bench_text.py: 1-3 word names)
 from timing import interleaved, peak_rss_mib  # noqa: E402  (benchmarks/timing.py)
 
@@ -95,34 +98,37 @@ def models(quick: bool):
     return ("caspl-tiny-student", "caspl-tiny-teacher") if quick else ("ViT-B/16", "ViT-L/14")
 
 
-def build_steps(names, classes: int, batch: int, which=STEPS) -> dict:
+def build_steps(names, classes: int, batch: int, which=STEPS, device="cpu", precision="fp32") -> dict:
     """step name -> a function running one training step at ``batch`` images."""
     student_name, teacher_name = names
+    device = torch.device(device)
     torch.manual_seed(0)
-    student = create_clip(student_name, "random")
+    student = create_clip(student_name, "random", device=device)
     steps = {}
     size = student.image_size
-    images = torch.randn(batch, 3, size, size)
+    images = torch.randn(batch, 3, size, size, device=device)
     if "phase1_online" in which or "phase1_cached" in which:
-        teacher = create_clip(teacher_name, "random")
         online = "phase1_online" in which
-        distiller = build_distiller(student, teacher, class_names(classes), config=BoostingConfig(), teacher_image_tower=online)
+        # a cached run builds the teacher's text tower only (its image tower never exists)
+        teacher = create_clip(teacher_name, "random", device=device) if online else random_text_tower(teacher_name, device)
+        distiller = build_distiller(student, teacher, class_names(classes), config=BoostingConfig(),
+                                    teacher_image_tower=online).to(device)
         del teacher
         optimizer = make_optimizer(distiller.student.learnable_parameters(), 1e-4)
-        features = F.normalize(torch.randn(batch, distiller.teacher.text_features.shape[-1]), dim=-1)
+        features = F.normalize(torch.randn(batch, distiller.teacher.text_features.shape[-1], device=device), dim=-1)
         if online:
-            steps["phase1_online"] = lambda: training_step(distiller, images, None, optimizer)
+            steps["phase1_online"] = lambda: training_step(distiller, images, None, optimizer, precision)
         if "phase1_cached" in which:
-            steps["phase1_cached"] = lambda: training_step(distiller, images, None, optimizer, teacher_features=features)
+            steps["phase1_cached"] = lambda: training_step(distiller, images, None, optimizer, precision, teacher_features=features)
     if "phase2" in which:
         base = math.ceil(classes / 2)
         preset = get_preset(*PHASE2_PRESET)
         clip = PromptedCLIP(student)
         group = make_boosting_group(clip, BoostingConfig(ctx_init=""), learnable=False, generator=torch.Generator().manual_seed(1))
-        model = get_method(PHASE2_PRESET[0])(clip, class_names(base), boosting=group, **preset.model)
+        model = get_method(PHASE2_PRESET[0])(clip, class_names(base), boosting=group, **preset.model).to(device)
         optimizer = make_optimizer(model.learnable_parameters(), 1e-4)
-        labels = torch.arange(batch) % base
-        steps["phase2"] = lambda: training_step(model, images, labels, optimizer)
+        labels = torch.arange(batch, device=device) % base
+        steps["phase2"] = lambda: training_step(model, images, labels, optimizer, precision)
     return steps
 
 
@@ -131,8 +137,9 @@ def run_dataset(name, images, classes, args) -> dict:
     names = models(args.quick)
     b = PHASE1_BATCH
     result = {"dataset": name, "images": images, "classes": classes}
-    small, large = build_steps(names, classes, b), build_steps(names, classes, 2 * b, which=("phase1_online", "phase1_cached"))
-    times = interleaved({**{k: v for k, v in small.items()}, **{f"{k}@2b": v for k, v in large.items()}}, "cpu", args.repeats)
+    small = build_steps(names, classes, b, device=args.device, precision=args.precision)
+    large = build_steps(names, classes, 2 * b, which=("phase1_online", "phase1_cached"), device=args.device, precision=args.precision)
+    times = interleaved({**small, **{f"{k}@2b": v for k, v in large.items()}}, args.device, args.repeats)
     for step in STEPS:
         flops = count_flops(small[step])
         result[step] = {"batch": b, "seconds": times[step], "flops": flops}
@@ -145,15 +152,19 @@ def run_dataset(name, images, classes, args) -> dict:
     return result
 
 
-def memory_worker(step, classes, quick) -> None:
-    fn = build_steps(models(quick), classes, PHASE1_BATCH, which=(step,))[step]
+def memory_worker(step, classes, args) -> None:
+    fn = build_steps(models(args.quick), classes, PHASE1_BATCH, which=(step,), device=args.device, precision=args.precision)[step]
     for _ in range(2):
         fn()
-    print(json.dumps({"rss_mib": peak_rss_mib()}))
+    if torch.device(args.device).type == "cuda":
+        print(json.dumps({"rss_mib": torch.cuda.max_memory_allocated() / 2**20}))
+    else:
+        print(json.dumps({"rss_mib": peak_rss_mib()}))
 
 
 def measure_memory(step, classes, args) -> float:
-    command = [sys.executable, __file__, "--memory-worker", step, str(classes)] + (["--quick"] if args.quick else [])
+    command = [sys.executable, __file__, "--memory-worker", step, str(classes), "--device", args.device,
+               "--precision", args.precision] + (["--quick"] if args.quick else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["rss_mib"]
 
@@ -184,7 +195,9 @@ def human(seconds: float) -> str:
 
 def print_tables(results, args) -> None:
     tflops = args.assumed_tflops * 1e12
-    print(f"\nPer step, measured ({torch.get_num_threads()} CPU threads; FLOPs forward + backward):")
+    on_gpu = torch.device(args.device).type == "cuda"
+    where = torch.cuda.get_device_name() if on_gpu else f"{torch.get_num_threads()} CPU threads"
+    print(f"\nPer step, measured ({where}, {args.precision}; FLOPs forward + backward):")
     print("| dataset | classes | phase-1 online, batch 4 | phase-1 cached, batch 4 | phase 2, batch 4 |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
@@ -197,9 +210,10 @@ def print_tables(results, args) -> None:
         on, ca = r["phase1_online"], r["phase1_cached"]
         print(f"| {r['dataset']} | {on['flops_per_image'] / 1e9:.1f} | {on['flops_per_step'] / 1e9:.1f} | "
               f"{ca['flops_per_image'] / 1e9:.1f} | {ca['flops_per_step'] / 1e9:.1f} |")
-    print(f"\nWhole runs (CPU: steps x measured step; GPU: FLOPs / {args.assumed_tflops:g} TFLOP/s assumed):")
-    print("| dataset | train images | classes | phase 1 steps | phase 1 CPU (online) | phase 1 GPU est. (online) "
-          "| phase 1 GPU est. (cached) | phase 2 steps | phase 2 CPU | phase 2 GPU est. |")
+    measured = "GPU" if on_gpu else "CPU"
+    print(f"\nWhole runs ({measured}: steps x measured step; GPU est.: FLOPs / {args.assumed_tflops:g} TFLOP/s assumed):")
+    print(f"| dataset | train images | classes | phase 1 steps | phase 1 {measured} (online) | phase 1 GPU est. (online) "
+          f"| phase 1 GPU est. (cached) | phase 2 steps | phase 2 {measured} | phase 2 GPU est. |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         batch = IMAGENET_BATCH if r["dataset"] == "ImageNet" else PHASE1_BATCH
@@ -209,7 +223,7 @@ def print_tables(results, args) -> None:
         print(f"| {r['dataset']} | {r['images']:,} | {r['classes']} | {steps1:,} | {human(cpu1)} | {human(flops1 / tflops)} | "
               f"{human(flops1c / tflops)} | {steps2:,} | {human(cpu2)} | {human(flops2 / tflops)} |")
     if any("memory" in r for r in results):
-        print("\nPeak resident memory of a process running the step (MiB, batch 4):")
+        print(f"\nPeak {'allocated CUDA' if on_gpu else 'resident'} memory of a process running the step (MiB, batch 4):")
         print("| dataset | phase-1 online | phase-1 cached | phase 2 |")
         print("|---|---:|---:|---:|")
         for r in results:
@@ -221,6 +235,8 @@ def main():
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), help="default: all eleven")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "amp", "bf16", "fp16"))
     parser.add_argument("--assumed-tflops", type=float, default=100.0, help="sustained GPU throughput assumed for the estimate")
     parser.add_argument("--memory", action="store_true", help="peak resident memory per step, one process each")
     parser.add_argument("--quick", action="store_true", help="tiny pair, three datasets")
@@ -230,7 +246,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_worker:
-        memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.quick)
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args)
         return
     chosen = QUICK if args.quick else {name: DATASETS[name] for name in (args.datasets or DATASETS)}
     results = []
@@ -244,7 +260,8 @@ def main():
     print_tables(results, args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
-            json.dump({"threads": torch.get_num_threads(), "assumed_tflops": args.assumed_tflops, "results": results}, file, indent=1)
+            json.dump({"device": args.device, "precision": args.precision, "threads": torch.get_num_threads(),
+                       "assumed_tflops": args.assumed_tflops, "results": results}, file, indent=1)
 
 
 if __name__ == "__main__":
