@@ -1,4 +1,5 @@
-"""The README's library example runs as written, on the shipped toy CLIPs.
+"""The README's library example runs as written, on the shipped toy CLIPs; the reference sections
+exist on the pages the README links to.
 
 Only the upper-case settings lines of the block are replaced (toy models and their package weights,
 a generated image folder, one short epoch with few tokens); every other line is the README's text.
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 SECTION = "### 1. A Python library (no Dassl)"
 
 
@@ -61,15 +63,26 @@ def test_the_library_example_runs_on_the_toy_models(tmp_path, monkeypatch, capsy
     assert len(printed) == 2 and all(line.split(" ", 1)[0].endswith(".png") for line in printed)
 
 
-@pytest.mark.parametrize("heading", [
-    "## Installing Dassl", "## Datasets", "## Evaluating a trained model", "## Citation", "## License",
-])
-def test_the_readme_has_its_reference_sections(heading):
-    assert f"\n{heading}" in README.read_text(encoding="utf-8")
+#: reference sections (page, heading); those behind the README are reachable from it by a link
+SECTIONS = [
+    ("README.md", "## Citation"),
+    ("README.md", "## License"),
+    ("docs/dassl.md", "## Installing Dassl"),
+    ("docs/datasets.md", "## Datasets (CoOp layout)"),
+    ("docs/recipes/base-to-novel.md", "## Evaluating a trained model (`--eval-only`)"),
+    ("docs/troubleshooting.md", "## Where are CLIP weights looked for?"),
+]
 
 
-def test_the_readme_does_not_use_torch_jit_load():
-    text = README.read_text(encoding="utf-8")
-    for line in text.splitlines():
+@pytest.mark.parametrize("page, heading", SECTIONS)
+def test_the_reference_sections_exist_and_the_readme_reaches_them(page, heading):
+    assert f"\n{heading}\n" in (ROOT / page).read_text(encoding="utf-8"), f"{page} has no {heading!r}"
+    if page != "README.md":
+        assert f"]({page}" in README.read_text(encoding="utf-8"), f"the README does not link to {page}"
+
+
+@pytest.mark.parametrize("page", [README, *sorted((ROOT / "docs").rglob("*.md"))], ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_docs_do_not_use_torch_jit_load(page):
+    for line in page.read_text(encoding="utf-8").splitlines():
         if "jit.load" in line:
-            assert "not used" in line or "never" in line, line
+            assert "not used" in line or "never" in line or "reference" in line, line
