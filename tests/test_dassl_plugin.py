@@ -358,3 +358,13 @@ def test_prec_fp16_on_cuda_scales_the_loss(data_root, tmp_path):
     trainer.train()
     scaler = grad_scaler(trainer.optim, trainer.device, trainer.precision)
     assert scaler is not None and scaler.is_enabled() and scaler.get_scale() > 1.0
+
+
+def test_enable_honours_caspl_threads(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CASPL_THREADS", "1")
+    try:
+        caspl_plugin.enable()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

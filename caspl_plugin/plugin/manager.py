@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 from typing import Optional
 
 from .config import CASCADE_BASE, CASCADE_PREFIX
@@ -72,6 +73,10 @@ def enable(compat: Optional[bool] = None) -> dict:
 
     if compat is not False:
         dassl_compat.apply()
+    if os.environ.get("CASPL_THREADS", "").strip():  # a Dassl run honours the caspl commands' thread setting
+        from ..threads import configure_threads
+
+        configure_threads()
     manager = get_plugin_manager()
     manager.hook.caspl_extend_config(cfg=dassl.config.defaults._C)
     cfg_guard.guard(dassl.config.defaults._C)  # the plugin's nodes survive a host's clean_cfg
