@@ -56,6 +56,11 @@ def test_missing_split_file_names_file_and_layout(tmp_path):
         (json.dumps({"train": [], "val": []}), "missing key(s) ['test']"),
         (json.dumps({"train": [["a.jpg", "0", "a"]], "val": [], "test": []}), "train[0] must be [relpath, label,"),
         (json.dumps({"train": [], "val": {"a": 1}, "test": []}), "'val' must be a list"),
+        (json.dumps({"train": [["../../etc/a.jpg", 0, "a"]], "val": [], "test": []}), "train[0]: image path '../../etc/a.jpg'"),
+        (json.dumps({"train": [], "val": [["/etc/a.jpg", 0, "a"]], "test": []}), "val[0]: image path '/etc/a.jpg'"),
+        (json.dumps({"train": [], "val": [], "test": [["a\\..\\..\\b.jpg", 0, "a"]]}), "must be relative to the image folder"),
+        (json.dumps({"train": [["C:/x.jpg", 0, "a"]], "val": [], "test": []}), "no absolute path, drive"),
+        (json.dumps({"train": [["a.jpg", -1, "a"]], "val": [], "test": []}), "train[0]: label -1 must be >= 0"),
     ],
 )
 def test_malformed_split_file_names_file_problem_and_layout(tmp_path, content, problem):

@@ -65,6 +65,12 @@ def _parse_entries(path, key: str, entries, image_dir: str) -> list[Record]:
         ):
             raise _split_error(path, f"{key}[{index}] must be [relpath, label, classname], got {entry!r}")
         relpath, label, classname = entry
+        parts = relpath.replace("\\", "/").split("/")
+        if not relpath or os.path.isabs(relpath) or relpath[1:2] == ":" or ".." in parts:
+            raise _split_error(path, f"{key}[{index}]: image path {relpath!r} must be relative to the image "
+                                     "folder and stay inside it (no absolute path, drive or '..')")
+        if label < 0:
+            raise _split_error(path, f"{key}[{index}]: label {label} must be >= 0")
         reason = class_name_problem(classname)
         if reason:
             raise _split_error(path, f"{key}[{index}]: class name {reason}")
