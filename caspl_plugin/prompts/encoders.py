@@ -24,7 +24,7 @@ from .blocks import BlockRunner
 from .group import PromptTokens
 from .layout import Slot, TextInputs, build_text_inputs, in_vision_order
 from .text import check_rows, check_text_mode, encode_text, text_path
-from .tokens import place_tokens
+from .tokens import place_layer
 
 
 class PromptedCLIP(nn.Module):
@@ -157,9 +157,7 @@ class PromptedCLIP(nn.Module):
         ``max_rows`` (or :attr:`text_chunk`) sequences per pass."""
         prompts = [p for p in prompts if p.n > 0]
         self._check_slots(inputs, prompts)
-        rows = max_rows if max_rows is not None else self.text_chunk
-        if self.text_chunk is not None and rows is not None:
-            rows = min(rows, self.text_chunk)
+        rows = min((r for r in (max_rows, self.text_chunk) if r is not None), default=None)
         return encode_text(self.clip, inputs.to(self.device), prompts, blocks=self._blocks, mode=self.text_mode,
                            max_rows=rows)
 
@@ -177,19 +175,6 @@ class PromptedCLIP(nn.Module):
                 f"Text prompts do not match the tokenized slots: inputs were built for {expected}, "
                 f"prompts given {given}; rebuild the inputs with text_inputs(..., slots=...)"
             )
-
-    @staticmethod
-    def _place_layer(x: Tensor, layer: int, prompts: Sequence[PromptTokens], positions: dict, seq_first: bool = False) -> Tensor:
-        active = [p for p in prompts if p.depth > layer]
-        if not active:
-            return x
-        values = [p.per_row(layer) for p in active]
-        if all(v.dim() == 2 for v in values):
-            pos = torch.cat([positions[p.name] for p in active])
-            return place_tokens(x, pos, torch.cat(values), seq_first=seq_first)
-        for p, v in zip(active, values):
-            x = place_tokens(x, positions[p.name], v, seq_first=seq_first)
-        return x
 
     # ---- vision ---------------------------------------------------------------------------
     def encode_image(self, images: Tensor, prompts: Sequence[PromptTokens] = ()) -> Tensor:
@@ -214,7 +199,7 @@ class PromptedCLIP(nn.Module):
         x = run.enter(x)
         for i, block in enumerate(visual.transformer.resblocks):
             if i > 0:
-                x = self._place_layer(x, i, prompts, positions, run.seq_first)
+                x = place_layer(x, i, prompts, positions, seq_first=run.seq_first)
             x = run(block, x)
         pooled, _ = visual._pool(run.leave(x))
         return pooled @ visual.proj if visual.proj is not None else pooled

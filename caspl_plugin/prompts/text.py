@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from .blocks import BlockRunner, PackedAttention, can_pack
 from .group import PromptTokens
 from .layout import TextInputs
-from .tokens import place_tokens
+from .tokens import place_layer, place_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ def _run_padded(tower: nn.Module, inputs: TextInputs, plan: PaddedText, prompts:
     cast_dtype = tower.transformer.get_cast_dtype()
     length = plan.length
     x = tower.token_embedding(inputs.token_ids[:, :length]).to(cast_dtype)
-    x = _place_padded(x, 0, prompts, plan.positions)
+    x = place_layer(x, 0, prompts, plan.positions)
     x = x + tower.positional_embedding[:length].to(cast_dtype)
     mask = tower.attn_mask
     if mask is not None:
@@ -387,22 +387,10 @@ def _run_padded(tower: nn.Module, inputs: TextInputs, plan: PaddedText, prompts:
     x = blocks.enter(x)
     for i, block in enumerate(tower.transformer.resblocks):
         if i > 0:
-            x = _place_padded(x, i, prompts, plan.positions, blocks.seq_first)
+            x = place_layer(x, i, prompts, plan.positions, seq_first=blocks.seq_first)
         x = blocks(block, x, mask)
     x = blocks.leave(x)
     return x[torch.arange(x.shape[0], device=x.device), plan.eot]
-
-
-def _place_padded(x: Tensor, layer: int, prompts: Sequence[PromptTokens], positions: dict, seq_first: bool = False) -> Tensor:
-    active = [p for p in prompts if p.depth > layer]
-    if not active:
-        return x
-    values = [p.per_row(layer) for p in active]
-    if all(positions[p.name].dim() == 1 for p in active) and all(v.dim() == 2 for v in values):
-        return place_tokens(x, torch.cat([positions[p.name] for p in active]), torch.cat(values), seq_first=seq_first)
-    for p, v in zip(active, values):
-        x = place_tokens(x, positions[p.name], v, seq_first=seq_first)
-    return x
 
 
 # ---- towers without prompts (the teacher) ---------------------------------------------------------

@@ -9,10 +9,13 @@ row) or ``[rows, n, width]``.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .group import PromptTokens
 
 Positions = Union[Tensor, range, list]
 
@@ -39,6 +42,21 @@ def place_tokens(x: Tensor, positions: Positions, values: Tensor, *, seq_first: 
         rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
         out[rows, positions] = values
     return out
+
+
+def place_layer(x: Tensor, layer: int, prompts: Sequence["PromptTokens"], positions: dict, *,
+                seq_first: bool = False) -> Tensor:
+    """``x`` with layer ``layer``'s values of every prompt deeper than ``layer`` written at its
+    ``positions[name]``: one write when all share their values and positions across rows."""
+    active = [p for p in prompts if p.depth > layer]
+    if not active:
+        return x
+    values = [p.per_row(layer) for p in active]
+    if all(positions[p.name].dim() == 1 for p in active) and all(v.dim() == 2 for v in values):
+        return place_tokens(x, torch.cat([positions[p.name] for p in active]), torch.cat(values), seq_first=seq_first)
+    for p, v in zip(active, values):
+        x = place_tokens(x, positions[p.name], v, seq_first=seq_first)
+    return x
 
 
 def insert_tokens(x: Tensor, at: int, values: Tensor, *, keep_length: bool = True, seq_first: bool = False) -> Tensor:
