@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from .. import distributed
 from ..artifacts.store import ArtifactError
 from ..data.domains import SAMPLING
-from ..engine import PRECISIONS, LoopConfig, LoopReport, epoch_lr, make_optimizer, train_epochs
+from ..engine import LoopReport, TrainingRecipe, make_optimizer, train_epochs
 from ..engine import checkpoint as engine_checkpoint
 from .model import BoostingDistiller
 
@@ -22,41 +22,29 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "caspl-distill-checkpoint"
 
 
-@dataclass
-class DistillSettings:
-    """Training settings of the boosting phase (defaults: the authors' phase-1 recipe)."""
+@dataclass(frozen=True)
+class DistillSettings(TrainingRecipe):
+    """Training settings of the boosting phase (defaults: the authors' phase-1 recipe): the shared
+    :class:`~caspl_plugin.engine.TrainingRecipe` and the distillation's own."""
 
     epochs: int = 20
     batch_size: int = 4
     lr: float = 0.0025
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
     temperature: float = 1.0
     teacher_scale: str = "own"
-    precision: str = "fp32"
-    num_workers: int = 0
-    seed: int = 1
     #: multi-domain phase 1: how domains are sampled (``size`` or ``even``); None for one domain
     domain_sampling: Optional[str] = None
     #: RandomResizedCrop area range of the training views
     crop_scale: tuple[float, float] = (0.08, 1.0)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        super().__post_init__()
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         low, high = (float(v) for v in self.crop_scale)
         if not 0 < low <= high <= 1:
             raise ValueError(f"crop_scale expects 0 < min <= max <= 1, got {tuple(self.crop_scale)!r}")
-        self.crop_scale = (low, high)
+        object.__setattr__(self, "crop_scale", (low, high))
         if self.domain_sampling is not None and self.domain_sampling not in SAMPLING:
             raise ValueError(f"domain_sampling must be {', '.join(map(repr, SAMPLING))} or None, got {self.domain_sampling!r}")
 
@@ -130,12 +118,7 @@ def run_distillation(
     elif resume and distributed.is_main():
         logger.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint)
     report.skipped = sorted(set(report.skipped) | {str(path) for path in known_unreadable})
-    config = LoopConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
-        num_workers=settings.num_workers, progress="distill" if progress else None, tensorboard=tensorboard,
-        lr_at=lambda epoch: epoch_lr(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_lr),
-        log_label="kd loss",
-    )
+    config = settings.loop_config(progress="distill" if progress else None, tensorboard=tensorboard, log_label="kd loss")
 
     def save(next_epoch: int, report: DistillReport) -> None:
         save_checkpoint(Path(checkpoint), distiller, optimizer, next_epoch, report, settings)

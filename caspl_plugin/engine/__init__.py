@@ -6,6 +6,7 @@ trainers' steps, in one process or under ``torchrun``.
 - :mod:`.loop`: the epoch loop over a dataset (:func:`train_epochs`), its batch plan and logs;
 - :mod:`.checkpoint`: resumable checkpoints (safetensors + JSON);
 - :mod:`.evaluate`: accuracy over a labeled dataset;
+- :mod:`.recipe`: the training settings both phases share (:class:`TrainingRecipe`);
 - :mod:`.tensors`: in-memory tensors as a dataset of the loop (the demos).
 
 An *objective* is any module with ``loss(images, labels, **extras) -> (loss, metrics)``: a method
@@ -35,10 +36,11 @@ from .step import (
     synced_step,
     training_step,
 )
+from .recipe import TrainingRecipe
 from .tensors import TensorData
 
 __all__ = [
     "PRECISIONS", "autocast", "autocast_dtype", "epoch_lr", "grad_scaler", "make_optimizer", "set_lr",
-    "synced_step", "training_step", "TensorData", "LoopConfig", "LoopReport", "PlannedBatchSampler", "TrainingInterrupted", "collate_items",
+    "synced_step", "training_step", "TrainingRecipe", "TensorData", "LoopConfig", "LoopReport", "PlannedBatchSampler", "TrainingInterrupted", "collate_items",
     "open_tensorboard", "train_epochs", "load_checkpoint", "save_checkpoint", "EvalResult", "evaluate",
 ]

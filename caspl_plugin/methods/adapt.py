@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import distributed
-from ..engine import PRECISIONS, LoopConfig, LoopReport, epoch_lr, load_checkpoint, make_optimizer, save_checkpoint, train_epochs
+from ..engine import LoopReport, TrainingRecipe, load_checkpoint, make_optimizer, save_checkpoint, train_epochs
 from .base import PromptModel
 from .registry import Preset
 
@@ -31,34 +31,17 @@ AdaptReport = LoopReport
 
 
 @dataclass(frozen=True)
-class AdaptSettings:
-    """Training settings of the adapting phase. A method's preset gives its published recipe
-    (:meth:`from_preset`); the defaults are CoOp-family SGD with Dassl's cosine schedule."""
+class AdaptSettings(TrainingRecipe):
+    """Training settings of the adapting phase: the shared :class:`~caspl_plugin.engine.TrainingRecipe`
+    and the optimizer. A method's preset gives its published recipe (:meth:`from_preset`); the
+    defaults are CoOp-family SGD with Dassl's cosine schedule."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
     optimizer: str = "sgd"
-    precision: str = "fp32"
-    num_workers: int = 0
-    seed: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def from_preset(cls, preset: Optional[Preset], **overrides) -> "AdaptSettings":
@@ -71,9 +54,6 @@ class AdaptSettings:
         if unknown:
             raise ValueError(f"unknown adapt settings {unknown}; known: {sorted(names)}")
         return cls(**values)
-
-    def lr_at(self, epoch: int) -> float:
-        return epoch_lr(epoch, self.lr, self.epochs, self.warmup_epochs, self.warmup_lr)
 
 
 def make_adapt_optimizer(model: PromptModel, settings: AdaptSettings) -> torch.optim.Optimizer:
@@ -147,10 +127,6 @@ def run_adaptation(
                         optimizer=optimizer, next_epoch=next_epoch, report=report, identity=run_id,
                         metadata={"settings": asdict(settings)})
 
-    config = LoopConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
-        num_workers=settings.num_workers, progress="adapt" if progress else None, tensorboard=tensorboard,
-        lr_at=settings.lr_at,
-    )
+    config = settings.loop_config(progress="adapt" if progress else None, tensorboard=tensorboard)
     return train_epochs(model, dataset, optimizer, config, start_epoch=start_epoch, report=report,
                         save=save if checkpoint is not None else None, on_epoch_end=on_epoch_end, on_step=on_step)
