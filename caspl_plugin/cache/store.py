@@ -262,6 +262,22 @@ def _check_file_record(problems: list, where: str, record, *, stored: bool) -> b
     return ok
 
 
+def _records(problems: list, index: dict, field: str, key_kind: str, key_problem):
+    """``(key, where, record)`` of the index's mapping ``field`` (``key_kind`` -> record) whose keys are
+    well formed; a mapping that is not an object, and each bad key, is a problem instead."""
+    mapping = index.get(field)
+    if not isinstance(mapping, dict):
+        problems.append(f"{field}: expected an object ({key_kind} -> record), got {_shown(mapping)}")
+        return
+    for key, record in mapping.items():
+        where = f"{field}[{key!r}]"
+        reason = key_problem(key)
+        if reason:
+            problems.append(f"{where}: {reason}")
+        else:
+            yield key, where, record
+
+
 def index_problems(index) -> list[str]:
     """Every field of a cache index that does not have the type and range it must have, one line each
     (``field: expected ..., got ...``); empty when the index is well formed. Nothing is read from disk."""
@@ -290,65 +306,41 @@ def index_problems(index) -> list[str]:
         problems.append(f"feature_dim: expected an integer >= 1 (or null for a cache without images), got {_shown(dim)}")
     if index.get("dtype") not in FEATURE_DTYPES:
         problems.append(f"dtype: expected one of {', '.join(FEATURE_DTYPES)}, got {_shown(index.get('dtype'))}")
-    shards = index.get("shards")
     rows: dict[str, int] = {}
-    if not isinstance(shards, dict):
-        problems.append(f"shards: expected an object (shard file name -> record), got {_shown(shards)}")
-    else:
-        for name, record in shards.items():
-            where = f"shards[{name!r}]"
-            reason = shard_name_problem(name)
-            if reason:
-                problems.append(f"{where}: {reason}")
-                continue
-            keys = {"rows", "feature_dim", "bytes", "sha256"}
-            if not isinstance(record, dict) or set(record) != keys:
-                got = sorted(record) if isinstance(record, dict) else _shown(record)
-                problems.append(f"{where}: expected an object with {', '.join(sorted(keys))}, got {got}")
-                continue
-            if not _is_int(record["rows"]) or record["rows"] < 1:
-                problems.append(f"{where}.rows: expected an integer >= 1, got {_shown(record['rows'])}")
-                continue
-            if record["feature_dim"] != dim:
-                problems.append(f"{where}.feature_dim: expected the index's feature_dim {_shown(dim)}, got {_shown(record['feature_dim'])}")
-            if not _is_int(record["bytes"]) or record["bytes"] < 1:
-                problems.append(f"{where}.bytes: expected an integer >= 1, got {_shown(record['bytes'])}")
-            if not _is_sha256(record["sha256"]):
-                problems.append(f"{where}.sha256: expected 64 lower-case hex digits, got {_shown(record['sha256'])}")
-            rows[name] = record["rows"]
-    files, unreadable = index.get("files"), index.get("unreadable")
+    for name, where, record in _records(problems, index, "shards", "shard file name", shard_name_problem):
+        keys = {"rows", "feature_dim", "bytes", "sha256"}
+        if not isinstance(record, dict) or set(record) != keys:
+            got = sorted(record) if isinstance(record, dict) else _shown(record)
+            problems.append(f"{where}: expected an object with {', '.join(sorted(keys))}, got {got}")
+            continue
+        if not _is_int(record["rows"]) or record["rows"] < 1:
+            problems.append(f"{where}.rows: expected an integer >= 1, got {_shown(record['rows'])}")
+            continue
+        if record["feature_dim"] != dim:
+            problems.append(f"{where}.feature_dim: expected the index's feature_dim {_shown(dim)}, got {_shown(record['feature_dim'])}")
+        if not _is_int(record["bytes"]) or record["bytes"] < 1:
+            problems.append(f"{where}.bytes: expected an integer >= 1, got {_shown(record['bytes'])}")
+        if not _is_sha256(record["sha256"]):
+            problems.append(f"{where}.sha256: expected 64 lower-case hex digits, got {_shown(record['sha256'])}")
+        rows[name] = record["rows"]
+    files = index.get("files")
     used: dict[tuple[str, int], str] = {}
-    if not isinstance(files, dict):
-        problems.append(f"files: expected an object (file key -> record), got {_shown(files)}")
-    else:
-        for key, record in files.items():
-            where = f"files[{key!r}]"
-            reason = _file_key_problem(key)
-            if reason:
-                problems.append(f"{where}: {reason}")
-                continue
-            if not _check_file_record(problems, where, record, stored=True):
-                continue
-            shard, row = record["shard"], record["row"]
-            if not isinstance(shard, str) or shard not in rows:
-                problems.append(f"{where}.shard: expected one of the index's shards, got {_shown(shard)}")
-            elif not _is_int(row) or not 0 <= row < rows[shard]:
-                problems.append(f"{where}.row: expected an integer in 0..{rows[shard] - 1} (shard {shard} has "
-                                f"{rows[shard]} rows), got {_shown(row)}")
-            elif (shard, row) in used:
-                problems.append(f"{where}: row {row} of shard {shard} is also the row of {used[(shard, row)]!r}")
-            else:
-                used[(shard, row)] = key
-    if not isinstance(unreadable, dict):
-        problems.append(f"unreadable: expected an object (file key -> record), got {_shown(unreadable)}")
-    else:
-        for key, record in unreadable.items():
-            reason = _file_key_problem(key)
-            if reason:
-                problems.append(f"unreadable[{key!r}]: {reason}")
-            elif _check_file_record(problems, f"unreadable[{key!r}]", record, stored=False) and isinstance(files, dict) \
-                    and key in files:
-                problems.append(f"unreadable[{key!r}]: the file is also listed as stored")
+    for key, where, record in _records(problems, index, "files", "file key", _file_key_problem):
+        if not _check_file_record(problems, where, record, stored=True):
+            continue
+        shard, row = record["shard"], record["row"]
+        if not isinstance(shard, str) or shard not in rows:
+            problems.append(f"{where}.shard: expected one of the index's shards, got {_shown(shard)}")
+        elif not _is_int(row) or not 0 <= row < rows[shard]:
+            problems.append(f"{where}.row: expected an integer in 0..{rows[shard] - 1} (shard {shard} has "
+                            f"{rows[shard]} rows), got {_shown(row)}")
+        elif (shard, row) in used:
+            problems.append(f"{where}: row {row} of shard {shard} is also the row of {used[(shard, row)]!r}")
+        else:
+            used[(shard, row)] = key
+    for key, where, record in _records(problems, index, "unreadable", "file key", _file_key_problem):
+        if _check_file_record(problems, where, record, stored=False) and isinstance(files, dict) and key in files:
+            problems.append(f"{where}: the file is also listed as stored")
     return problems
 
 
