@@ -1,6 +1,8 @@
 """Atomic file writes: every file the package writes goes through :func:`atomic_write`; and
 :func:`canonical_json`, the form in which JSON documents are hashed (artifacts, caches, ONNX metadata);
-:func:`file_sha256`, the one digest of a file (weights, cache shards, images, exported classifiers).
+:func:`file_sha256`, the one digest of a file (weights, cache shards, images, exported classifiers);
+:func:`read_utf8`, the one reader of the text files a user hands us (class names, manifests, configs,
+cache indexes).
 
 A write goes to ``.<name>.<random hex>.tmp`` in the destination's folder, then ``os.replace``;
 a process killed mid-write can leave such a file behind, which :func:`stale_temporaries` finds
@@ -15,6 +17,25 @@ import re
 import secrets
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
+
+
+class NotUTF8Error(ValueError):
+    """A file that must be UTF-8 text is not; the message names the first bad byte, its offset and line."""
+
+    def __init__(self, path: Union[str, os.PathLike], raw: bytes, error: UnicodeDecodeError):
+        line = raw[:error.start].count(b"\n") + 1
+        self.path = path
+        super().__init__(f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}, line {line})")
+
+
+def read_utf8(path: Union[str, os.PathLike]) -> str:
+    """A text file's content: UTF-8, a leading byte-order mark dropped; :class:`NotUTF8Error` otherwise
+    (``OSError`` when it cannot be read)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise NotUTF8Error(path, raw, error) from None
 
 
 def canonical_json(document: Mapping[str, Any]) -> bytes:

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Optional, Sequence
 from torch import Tensor
 
 from ..files import file_sha256
-from ..files import atomic_write
+from ..files import NotUTF8Error, atomic_write, read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -351,14 +351,11 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        raw = path.read_bytes()
+        text = read_utf8(path)
     except OSError as error:
         raise CacheError(f"{what} {path} cannot be read: {error.strerror or error}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CacheError(f"{what} {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
-                         "expected the JSON written by `caspl teacher-cache`") from None
+    except NotUTF8Error as error:
+        raise CacheError(f"{what} {error}; expected the JSON written by `caspl teacher-cache`") from None
     try:
         return json.loads(text)
     except ValueError as error:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..files import NotUTF8Error, read_utf8
 from .common import CommandError
 
 #: options that describe how a run is invoked, not what it computes: never read from or written to a config
@@ -53,11 +54,11 @@ def configurable_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.
 def read_config(path: str) -> dict:
     """A config file's mapping (YAML or JSON); a clear error naming the file otherwise."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_utf8(path)
     except OSError as error:
         raise CommandError(f"--config {path}: cannot read it ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"--config {path}: not UTF-8 text") from None
+    except NotUTF8Error as error:
+        raise CommandError(f"--config {error}") from None
     try:
         if path.endswith(".json"):
             data = json.loads(text)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from ..files import NotUTF8Error, read_utf8
 from ..names import BIDI_CONTROLS, class_name_problem
 
 __all__ = ["BIDI_CONTROLS", "ClassNamesError", "ClassNamesFile", "check_class_names", "class_name_key",
@@ -83,15 +84,10 @@ def read_class_names_file(path: Union[str, os.PathLike], *, min_classes: int = 1
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Class-names file not found: {path}")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise ClassNamesError(
-            f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}, line {line}); "
-            "expected a UTF-8 file with one class name per line: save it as UTF-8"
-        ) from None
+        text = read_utf8(path)
+    except NotUTF8Error as error:
+        raise ClassNamesError(f"{error}; expected a UTF-8 file with one class name per line: save it as UTF-8") from None
     names: list[str] = []
     comments = 0
     first_line: dict[str, tuple[int, str]] = {}

@@ -55,6 +55,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..files import NotUTF8Error, read_utf8
 from ..names import did_you_mean
 from .unlabeled import UnlabeledImages, list_images, read_class_names
 
@@ -250,12 +251,10 @@ def read_manifest(path) -> list[DomainSource]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"domain manifest not found: {path}")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DomainError(f"domain manifest {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
-                          f"{error.start}); save it as UTF-8") from None
+        text = read_utf8(path)
+    except NotUTF8Error as error:
+        raise DomainError(f"domain manifest {error}; save it as UTF-8") from None
     kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
     try:
         if kind == "YAML":
