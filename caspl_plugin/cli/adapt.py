@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 
 from .common import (
-    BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_model_names, check_tensorboard, in_user_words,
+    BATCH_HELP, CommandError, add_loop_arguments, check_model_names, check_tensorboard, in_user_words,
     run_distributed, say,
 )
 from .runguard import guarded_run
@@ -260,7 +260,7 @@ def _adapt(args, device, output, checkpoint, record, cls, preset, settings, mode
         raise CommandError(f"--boosting {args.boosting}: {error}") from None
     except TypeError as error:
         raise CommandError(f"method {cls.method!r} does not take these settings {model_settings}: {error}") from None
-    apply_text_chunk(model.clip, args.text_chunk)
+    model.clip.text_chunk = args.text_chunk
     label = ("CasPL_" if model.boosting is not None else "") + cls.method
     say(f"{label} ({preset.name if preset else 'defaults'}) on {student.name}: {len(names)} classes, "
         f"{len(train)} training images, {settings.epochs} epochs, batch {settings.batch_size} x "

@@ -48,11 +48,6 @@ def rows_per_pass(text: str) -> int:
     return rows
 
 
-def apply_text_chunk(clip, rows) -> None:
-    """--text-chunk on a built model's prompted CLIP."""
-    clip.text_chunk = rows
-
-
 def check_tensorboard(folder) -> None:
     """A clear error before training when --tensorboard is given but tensorboard is missing."""
     if folder is None:

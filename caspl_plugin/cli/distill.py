@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .common import (
-    BATCH_HELP, CommandError, add_loop_arguments, apply_text_chunk, check_model_names, check_tensorboard, in_user_words,
+    BATCH_HELP, CommandError, add_loop_arguments, check_model_names, check_tensorboard, in_user_words,
     run_distributed, say,
 )
 from .runrecord import run_record
@@ -270,7 +270,7 @@ def _distill(args, device, output: Path, checkpoint: Path, files, class_names, t
             teacher_scale=args.teacher_scale, generator=torch.Generator().manual_seed(args.seed),
             domains=[d.classes for d in domains] if domains else None,
         ).to(device)
-    apply_text_chunk(distiller.student.clip, args.text_chunk)
+    distiller.student.clip.text_chunk = args.text_chunk
     teacher_weights = str(teacher.weights)
     del teacher  # the distiller keeps the class features, not the teacher's text tower
     spec = distiller.student.boosting.spec
