@@ -119,3 +119,28 @@ def test_adapt_bad_inputs_fail_clearly_and_write_nothing(case, message, toy_fold
     assert caspl(["adapt", "--data", str(folder), "-o", str(out), "--student", "toy-student", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.parent.exists()
+
+
+def test_text_chunk_flag_reaches_the_model_and_changes_nothing(toy_folder, tmp_path, monkeypatch):
+    """--text-chunk 5 runs the 18 base classes in passes of at most 5 prompts and ends on the prompts of
+    the run without it."""
+    from caspl_plugin.prompts import text
+
+    passes = []
+    original = text._encode_in_chunks
+
+    def spy(tower, inputs, prompts, blocks, mode, max_rows):
+        passes.append(max_rows)
+        return original(tower, inputs, prompts, blocks, mode, max_rows)
+
+    monkeypatch.setattr(text, "_encode_in_chunks", spy)
+    plain, chunked = tmp_path / "plain.safetensors", tmp_path / "chunked.safetensors"
+    common = ("--method", "coop", "--subsample", "base", "--no-eval")
+    assert _adapt(toy_folder, plain, *common) == 0
+    assert passes == []
+    assert _adapt(toy_folder, chunked, *common, "--text-chunk", "5") == 0
+    assert passes and set(passes) == {5}
+    (a, _), (b, _) = _tensors(plain), _tensors(chunked)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
